@@ -1,0 +1,1 @@
+//! Corruptions (filled in by the corruption work).
