@@ -1,0 +1,497 @@
+//! Layers, parameters and the parameter store that models are built from.
+//!
+//! Every learnable tensor is a [`Param`]: a candle `Var` with a name (the safetensors key), a
+//! kind, and a `trainable` switch. A frozen parameter enters the graph detached, so backward
+//! computes nothing for it. BatchNorm running statistics are buffers: saved and restored with the
+//! model, never trained.
+
+use crate::error::{EngineError, Result};
+use crate::ops::{self, BnStats};
+use candle_core::{DType, Device, Tensor, Var};
+use rand::Rng;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ParamKind {
+    ConvWeight,
+    LinearWeight,
+    LinearBias,
+    /// BatchNorm γ.
+    NormWeight,
+    /// BatchNorm β.
+    NormBias,
+}
+
+impl ParamKind {
+    /// The BatchNorm affine parameters: what TENT and its relatives adapt.
+    pub fn is_norm_affine(self) -> bool {
+        matches!(self, ParamKind::NormWeight | ParamKind::NormBias)
+    }
+}
+
+struct ParamInner {
+    name: String,
+    kind: ParamKind,
+    var: Var,
+    trainable: AtomicBool,
+}
+
+/// A named, learnable tensor. Cloning shares the same storage.
+#[derive(Clone)]
+pub struct Param(Arc<ParamInner>);
+
+impl Param {
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+    pub fn kind(&self) -> ParamKind {
+        self.0.kind
+    }
+    pub fn var(&self) -> &Var {
+        &self.0.var
+    }
+    pub fn trainable(&self) -> bool {
+        self.0.trainable.load(Ordering::Relaxed)
+    }
+    pub fn set_trainable(&self, on: bool) {
+        self.0.trainable.store(on, Ordering::Relaxed)
+    }
+    /// The tensor to use in a forward pass: tracked when trainable, detached otherwise.
+    pub fn t(&self) -> Tensor {
+        if self.trainable() {
+            self.0.var.as_tensor().clone()
+        } else {
+            self.0.var.as_tensor().detach()
+        }
+    }
+}
+
+/// A named non-learnable tensor (BatchNorm running statistics), kept host-side.
+#[derive(Clone)]
+pub struct Buffer {
+    name: String,
+    value: Arc<Mutex<Vec<f32>>>,
+}
+
+impl Buffer {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn get(&self) -> Vec<f32> {
+        self.value.lock().expect("buffer lock poisoned").clone()
+    }
+    pub fn set(&self, v: Vec<f32>) {
+        *self.value.lock().expect("buffer lock poisoned") = v;
+    }
+}
+
+/// Where a model's tensors come from while it is being built: a seeded initializer or a
+/// loaded checkpoint. Mirrors candle's `VarBuilder` (`pp` for name prefixes) but initializes from
+/// a seeded Rust RNG, since candle's CPU device RNG cannot be seeded per job.
+pub struct VarSource {
+    device: Device,
+    init: Option<rand_chacha::ChaCha8Rng>,
+    loaded: HashMap<String, Tensor>,
+    origin: String,
+    params: Vec<Param>,
+    buffers: Vec<Buffer>,
+}
+
+/// How a freshly initialized tensor is filled.
+#[derive(Clone, Copy, Debug)]
+pub enum Init {
+    /// N(0, 2/fan): He initialization for layers followed by ReLU. Convolutions pass
+    /// fan_out = C_out·k·k, as torchvision's ResNets do.
+    KaimingNormal {
+        fan: usize,
+    },
+    /// U(−1/√fan_in, 1/√fan_in): PyTorch's default for linear layers.
+    Uniform {
+        fan_in: usize,
+    },
+    Const(f32),
+}
+
+impl VarSource {
+    pub fn init(seed: u64, device: &Device) -> Self {
+        Self {
+            device: device.clone(),
+            init: Some(crate::rng::rng(seed, "model/init")),
+            loaded: HashMap::new(),
+            origin: "initializer".into(),
+            params: vec![],
+            buffers: vec![],
+        }
+    }
+
+    pub fn from_tensors(tensors: HashMap<String, Tensor>, origin: &str, device: &Device) -> Self {
+        Self {
+            device: device.clone(),
+            init: None,
+            loaded: tensors,
+            origin: origin.into(),
+            params: vec![],
+            buffers: vec![],
+        }
+    }
+
+    pub fn load_safetensors(path: &Path, device: &Device) -> Result<Self> {
+        let tensors = candle_core::safetensors::load(path, device).map_err(|e| {
+            EngineError::bad_file(path, format!("not a readable safetensors file: {e}"))
+        })?;
+        Ok(Self::from_tensors(
+            tensors,
+            &path.display().to_string(),
+            device,
+        ))
+    }
+
+    fn values(&mut self, name: &str, dims: &[usize], init: Init) -> Result<Vec<f32>> {
+        let n: usize = dims.iter().product();
+        if let Some(rng) = self.init.as_mut() {
+            return Ok(match init {
+                Init::KaimingNormal { fan } => {
+                    let std = (2.0 / fan as f64).sqrt() as f32;
+                    crate::rng::randn_vec(n, rng)
+                        .into_iter()
+                        .map(|v| v * std)
+                        .collect()
+                }
+                Init::Uniform { fan_in } => {
+                    let b = 1.0 / (fan_in as f32).sqrt();
+                    (0..n).map(|_| rng.gen_range(-b..b)).collect()
+                }
+                Init::Const(c) => vec![c; n],
+            });
+        }
+        let t = self.loaded.get(name).ok_or_else(|| {
+            EngineError::bad_file(
+                &self.origin,
+                format!("tensor `{name}` is missing (expected shape {dims:?})"),
+            )
+        })?;
+        if t.dims() != dims {
+            return Err(EngineError::bad_file(
+                &self.origin,
+                format!(
+                    "tensor `{name}` has shape {:?}, expected {dims:?}",
+                    t.dims()
+                ),
+            ));
+        }
+        Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    pub fn param(
+        &mut self,
+        name: &str,
+        dims: &[usize],
+        kind: ParamKind,
+        init: Init,
+    ) -> Result<Param> {
+        let v = self.values(name, dims, init)?;
+        let var = Var::from_tensor(&Tensor::from_vec(v, dims, &self.device)?)?;
+        let p = Param(Arc::new(ParamInner {
+            name: name.to_string(),
+            kind,
+            var,
+            trainable: AtomicBool::new(true),
+        }));
+        self.params.push(p.clone());
+        Ok(p)
+    }
+
+    pub fn buffer(&mut self, name: &str, len: usize, init: f32) -> Result<Buffer> {
+        let v = self.values(name, &[len], Init::Const(init))?;
+        let b = Buffer {
+            name: name.to_string(),
+            value: Arc::new(Mutex::new(v)),
+        };
+        self.buffers.push(b.clone());
+        Ok(b)
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Everything created so far, for the model's [`ParamStore`].
+    pub fn finish(self) -> ParamStore {
+        ParamStore {
+            params: self.params,
+            buffers: self.buffers,
+            device: self.device,
+        }
+    }
+}
+
+/// All of a model's tensors, by name: enumerate, freeze, snapshot, restore, save.
+#[derive(Clone)]
+pub struct ParamStore {
+    params: Vec<Param>,
+    buffers: Vec<Buffer>,
+    device: Device,
+}
+
+/// A deep copy of every parameter and buffer value: what `reset` returns to.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    params: Vec<Tensor>,
+    buffers: Vec<Vec<f32>>,
+}
+
+impl Snapshot {
+    pub fn params(&self) -> &[Tensor] {
+        &self.params
+    }
+}
+
+impl ParamStore {
+    pub fn params(&self) -> &[Param] {
+        &self.params
+    }
+    pub fn buffers(&self) -> &[Buffer] {
+        &self.buffers
+    }
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Make exactly the parameters for which `f` is true trainable; returns how many are.
+    pub fn set_trainable(&self, f: impl Fn(&Param) -> bool) -> usize {
+        self.params
+            .iter()
+            .map(|p| {
+                let on = f(p);
+                p.set_trainable(on);
+                on as usize
+            })
+            .sum()
+    }
+
+    pub fn trainable(&self) -> Vec<Param> {
+        self.params
+            .iter()
+            .filter(|p| p.trainable())
+            .cloned()
+            .collect()
+    }
+
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        Ok(Snapshot {
+            params: self
+                .params
+                .iter()
+                .map(|p| p.var().as_tensor().copy())
+                .collect::<candle_core::Result<_>>()?,
+            buffers: self.buffers.iter().map(|b| b.get()).collect(),
+        })
+    }
+
+    pub fn restore(&self, s: &Snapshot) -> Result<()> {
+        for (p, t) in self.params.iter().zip(&s.params) {
+            p.var().set(t)?;
+        }
+        for (b, v) in self.buffers.iter().zip(&s.buffers) {
+            b.set(v.clone());
+        }
+        Ok(())
+    }
+
+    /// Every tensor by name (parameters and buffers), as saved in a checkpoint.
+    pub fn tensors(&self) -> Result<BTreeMap<String, Tensor>> {
+        let mut m = BTreeMap::new();
+        for p in &self.params {
+            m.insert(p.name().to_string(), p.var().as_tensor().clone());
+        }
+        for b in &self.buffers {
+            let v = b.get();
+            let n = v.len();
+            m.insert(b.name().to_string(), Tensor::from_vec(v, n, &self.device)?);
+        }
+        Ok(m)
+    }
+
+    pub fn save_safetensors(&self, path: &Path) -> Result<()> {
+        let m: HashMap<String, Tensor> = self.tensors()?.into_iter().collect();
+        candle_core::safetensors::save(&m, path)
+            .map_err(|e| EngineError::bad_file(path, format!("cannot write checkpoint: {e}")))
+    }
+
+    /// True if any parameter or buffer holds a NaN or infinity.
+    pub fn has_non_finite(&self) -> Result<bool> {
+        for p in &self.params {
+            let v = p.var().as_tensor().flatten_all()?.to_vec1::<f32>()?;
+            if v.iter().any(|x| !x.is_finite()) {
+                return Ok(true);
+            }
+        }
+        Ok(self
+            .buffers
+            .iter()
+            .any(|b| b.get().iter().any(|x| !x.is_finite())))
+    }
+}
+
+/// How BatchNorm layers normalize in a forward pass.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum BnMode {
+    /// Running (source) statistics; nothing is updated. Source model / evaluation.
+    Eval,
+    /// Batch statistics, and the running statistics are updated (momentum 0.1). Training.
+    Train,
+    /// Batch statistics, running statistics untouched. Test-time normalization, TENT.
+    Batch,
+    /// `(1−α)·running + α·batch`, running statistics untouched (α-BN).
+    Alpha(f32),
+}
+
+pub struct Conv2d {
+    weight: Param,
+    stride: usize,
+    padding: usize,
+}
+
+impl Conv2d {
+    pub fn new(
+        vs: &mut VarSource,
+        name: &str,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self> {
+        let weight = vs.param(
+            &format!("{name}.weight"),
+            &[cout, cin, k, k],
+            ParamKind::ConvWeight,
+            Init::KaimingNormal { fan: cout * k * k },
+        )?;
+        Ok(Self {
+            weight,
+            stride,
+            padding,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(ops::conv2d(x, &self.weight.t(), self.stride, self.padding)?)
+    }
+
+    pub fn weight(&self) -> &Param {
+        &self.weight
+    }
+}
+
+pub struct BatchNorm {
+    weight: Param,
+    bias: Param,
+    running_mean: Buffer,
+    running_var: Buffer,
+    eps: f64,
+    momentum: f32,
+}
+
+impl BatchNorm {
+    pub fn new(vs: &mut VarSource, name: &str, c: usize) -> Result<Self> {
+        Ok(Self {
+            weight: vs.param(
+                &format!("{name}.weight"),
+                &[c],
+                ParamKind::NormWeight,
+                Init::Const(1.0),
+            )?,
+            bias: vs.param(
+                &format!("{name}.bias"),
+                &[c],
+                ParamKind::NormBias,
+                Init::Const(0.0),
+            )?,
+            running_mean: vs.buffer(&format!("{name}.running_mean"), c, 0.0)?,
+            running_var: vs.buffer(&format!("{name}.running_var"), c, 1.0)?,
+            eps: 1e-5,
+            momentum: 0.1,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, mode: BnMode) -> Result<Tensor> {
+        let (rm, rv) = (self.running_mean.get(), self.running_var.get());
+        let (w, b) = (self.weight.t(), self.bias.t());
+        let y = match mode {
+            BnMode::Eval => ops::batch_norm(x, &w, &b, &rm, &rv, None, 0.0, self.eps)?,
+            BnMode::Train | BnMode::Batch | BnMode::Alpha(_) => {
+                let stats = BnStats::of(x)?;
+                let alpha = if let BnMode::Alpha(a) = mode { a } else { 1.0 };
+                let y = ops::batch_norm(x, &w, &b, &rm, &rv, Some(&stats), alpha, self.eps)?;
+                if mode == BnMode::Train {
+                    let m = self.momentum;
+                    let unbias = if stats.count > 1 {
+                        stats.count as f32 / (stats.count - 1) as f32
+                    } else {
+                        1.0
+                    };
+                    self.running_mean.set(
+                        rm.iter()
+                            .zip(&stats.mean)
+                            .map(|(r, b)| (1.0 - m) * r + m * b)
+                            .collect(),
+                    );
+                    self.running_var.set(
+                        rv.iter()
+                            .zip(&stats.var)
+                            .map(|(r, b)| (1.0 - m) * r + m * b * unbias)
+                            .collect(),
+                    );
+                }
+                y
+            }
+        };
+        Ok(y)
+    }
+
+    pub fn running_stats(&self) -> (Vec<f32>, Vec<f32>) {
+        (self.running_mean.get(), self.running_var.get())
+    }
+
+    pub fn set_running_stats(&self, mean: Vec<f32>, var: Vec<f32>) {
+        self.running_mean.set(mean);
+        self.running_var.set(var);
+    }
+
+    pub fn affine(&self) -> (&Param, &Param) {
+        (&self.weight, &self.bias)
+    }
+}
+
+pub struct Linear {
+    weight: Param,
+    bias: Param,
+}
+
+impl Linear {
+    pub fn new(vs: &mut VarSource, name: &str, din: usize, dout: usize) -> Result<Self> {
+        Ok(Self {
+            weight: vs.param(
+                &format!("{name}.weight"),
+                &[dout, din],
+                ParamKind::LinearWeight,
+                Init::Uniform { fan_in: din },
+            )?,
+            bias: vs.param(
+                &format!("{name}.bias"),
+                &[dout],
+                ParamKind::LinearBias,
+                Init::Uniform { fan_in: din },
+            )?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.matmul(&self.weight.t().t()?)?
+            .broadcast_add(&self.bias.t())?)
+    }
+}
