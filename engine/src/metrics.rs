@@ -34,13 +34,21 @@ pub struct Accumulator {
 /// Log-softmax of one row of logits, in f64.
 pub fn log_softmax(row: &[f32]) -> Vec<f64> {
     let max = row.iter().fold(f64::NEG_INFINITY, |m, v| m.max(*v as f64));
-    let lse = max + row.iter().map(|v| (*v as f64 - max).exp()).sum::<f64>().ln();
+    let lse = max
+        + row
+            .iter()
+            .map(|v| (*v as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
     row.iter().map(|v| *v as f64 - lse).collect()
 }
 
 /// Shannon entropy −Σ p log p (nats) of a probability row.
 pub fn entropy(p: &[f64]) -> f64 {
-    -p.iter().filter(|v| **v > 0.0).map(|v| v * v.ln()).sum::<f64>()
+    -p.iter()
+        .filter(|v| **v > 0.0)
+        .map(|v| v * v.ln())
+        .sum::<f64>()
 }
 
 /// Index of the first maximum.

@@ -394,6 +394,8 @@ pub struct BatchNorm {
     running_var: Buffer,
     eps: f64,
     momentum: f32,
+    /// Statistics of the last batch normalized with batch statistics (for diagnostics/tests).
+    last_batch: Arc<Mutex<Option<BnStats>>>,
 }
 
 impl BatchNorm {
@@ -415,6 +417,7 @@ impl BatchNorm {
             running_var: vs.buffer(&format!("{name}.running_var"), c, 1.0)?,
             eps: 1e-5,
             momentum: 0.1,
+            last_batch: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -427,6 +430,7 @@ impl BatchNorm {
                 let stats = BnStats::of(x)?;
                 let alpha = if let BnMode::Alpha(a) = mode { a } else { 1.0 };
                 let y = ops::batch_norm(x, &w, &b, &rm, &rv, Some(&stats), alpha, self.eps)?;
+                *self.last_batch.lock().expect("bn lock poisoned") = Some(stats.clone());
                 if mode == BnMode::Train {
                     let m = self.momentum;
                     let unbias = if stats.count > 1 {
@@ -455,6 +459,11 @@ impl BatchNorm {
 
     pub fn running_stats(&self) -> (Vec<f32>, Vec<f32>) {
         (self.running_mean.get(), self.running_var.get())
+    }
+
+    /// Statistics of the last batch this layer normalized with batch statistics.
+    pub fn last_batch_stats(&self) -> Option<BnStats> {
+        self.last_batch.lock().expect("bn lock poisoned").clone()
     }
 
     pub fn set_running_stats(&self, mean: Vec<f32>, var: Vec<f32>) {

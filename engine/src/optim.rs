@@ -65,11 +65,24 @@ impl OptimizerSpec {
 
     pub fn validate(&self) -> Result<()> {
         let ok = match self {
-            OptimizerSpec::Sgd { lr, momentum, weight_decay, .. } => {
-                *lr >= 0.0 && (0.0..1.0).contains(momentum) && *weight_decay >= 0.0
-            }
-            OptimizerSpec::Adam { lr, beta1, beta2, eps, weight_decay } => {
-                *lr >= 0.0 && (0.0..1.0).contains(beta1) && (0.0..1.0).contains(beta2) && *eps > 0.0 && *weight_decay >= 0.0
+            OptimizerSpec::Sgd {
+                lr,
+                momentum,
+                weight_decay,
+                ..
+            } => *lr >= 0.0 && (0.0..1.0).contains(momentum) && *weight_decay >= 0.0,
+            OptimizerSpec::Adam {
+                lr,
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+            } => {
+                *lr >= 0.0
+                    && (0.0..1.0).contains(beta1)
+                    && (0.0..1.0).contains(beta2)
+                    && *eps > 0.0
+                    && *weight_decay >= 0.0
             }
         };
         if ok {
@@ -97,8 +110,19 @@ pub struct Optimizer {
 impl Optimizer {
     pub fn new(spec: OptimizerSpec, params: Vec<Param>) -> Result<Self> {
         spec.validate()?;
-        let slots = params.into_iter().map(|param| Slot { param, m: vec![], v: vec![] }).collect();
-        Ok(Self { spec, slots, steps: 0 })
+        let slots = params
+            .into_iter()
+            .map(|param| Slot {
+                param,
+                m: vec![],
+                v: vec![],
+            })
+            .collect();
+        Ok(Self {
+            spec,
+            slots,
+            steps: 0,
+        })
     }
 
     /// Forget the moments and the step count (for a method's reset).
@@ -137,7 +161,12 @@ impl Optimizer {
             let shape = s.param.var().shape().clone();
             let mut p = s.param.var().as_tensor().flatten_all()?.to_vec1::<f32>()?;
             match &self.spec {
-                OptimizerSpec::Sgd { momentum, nesterov, weight_decay, .. } => {
+                OptimizerSpec::Sgd {
+                    momentum,
+                    nesterov,
+                    weight_decay,
+                    ..
+                } => {
                     let (mom, wd) = (*momentum as f32, *weight_decay as f32);
                     if wd != 0.0 {
                         g.iter_mut().zip(&p).for_each(|(g, p)| *g += wd * p);
@@ -157,7 +186,13 @@ impl Optimizer {
                     let lr = lr as f32;
                     p.iter_mut().zip(&g).for_each(|(p, g)| *p -= lr * g);
                 }
-                OptimizerSpec::Adam { beta1, beta2, eps, weight_decay, .. } => {
+                OptimizerSpec::Adam {
+                    beta1,
+                    beta2,
+                    eps,
+                    weight_decay,
+                    ..
+                } => {
                     let (b1, b2, wd) = (*beta1 as f32, *beta2 as f32, *weight_decay as f32);
                     if s.m.is_empty() {
                         s.m = vec![0.0; g.len()];
@@ -176,7 +211,9 @@ impl Optimizer {
                     }
                 }
             }
-            s.param.var().set(&Tensor::from_vec(p, shape, s.param.var().device())?)?;
+            s.param
+                .var()
+                .set(&Tensor::from_vec(p, shape, s.param.var().device())?)?;
         }
         Ok(true)
     }
@@ -190,7 +227,9 @@ mod tests {
 
     fn one_param(v: f32) -> (Param, VarSource) {
         let mut vs = VarSource::init(0, &Device::Cpu);
-        let p = vs.param("w", &[1], ParamKind::LinearWeight, Init::Const(v)).unwrap();
+        let p = vs
+            .param("w", &[1], ParamKind::LinearWeight, Init::Const(v))
+            .unwrap();
         (p, vs)
     }
 
@@ -200,7 +239,14 @@ mod tests {
 
     /// loss = w² → grad 2w.
     fn grads(p: &Param) -> GradStore {
-        p.var().as_tensor().sqr().unwrap().sum_all().unwrap().backward().unwrap()
+        p.var()
+            .as_tensor()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap()
     }
 
     #[test]
@@ -217,13 +263,22 @@ mod tests {
         let v = 0.999 * 0.004 + 0.001 * g2 * g2;
         let expect = 0.999 - 1e-3 * (m / 0.19) / ((v / (1.0 - 0.999f64.powi(2))).sqrt() + 1e-8);
         opt.step(&grads(&p), 1e-3).unwrap();
-        assert!((value(&p) as f64 - expect).abs() < 1e-6, "{} vs {expect}", value(&p));
+        assert!(
+            (value(&p) as f64 - expect).abs() < 1e-6,
+            "{} vs {expect}",
+            value(&p)
+        );
     }
 
     #[test]
     fn sgd_nesterov_with_weight_decay_matches_pytorch_rule() {
         let (p, _vs) = one_param(1.0);
-        let spec = OptimizerSpec::Sgd { lr: 0.1, momentum: 0.9, nesterov: true, weight_decay: 0.5 };
+        let spec = OptimizerSpec::Sgd {
+            lr: 0.1,
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 0.5,
+        };
         let mut opt = Optimizer::new(spec, vec![p.clone()]).unwrap();
         // g = 2·1 + 0.5·1 = 2.5; buf = 2.5; nesterov g = 2.5 + 0.9·2.5 = 4.75; w = 1 − 0.475.
         opt.step(&grads(&p), 0.1).unwrap();
@@ -234,7 +289,12 @@ mod tests {
     fn non_finite_gradient_skips_the_step() {
         let (p, _vs) = one_param(1.0);
         let mut opt = Optimizer::new(OptimizerSpec::tent_default(), vec![p.clone()]).unwrap();
-        let g = (p.var().as_tensor() * f64::NAN).unwrap().sum_all().unwrap().backward().unwrap();
+        let g = (p.var().as_tensor() * f64::NAN)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
         assert!(!opt.step(&g, 1e-3).unwrap());
         assert_eq!(value(&p), 1.0);
         assert_eq!(opt.steps(), 0);

@@ -5,6 +5,9 @@
 //! needs a [`Context`]: the data directory, an output directory for files (checkpoints, sample
 //! lists), an [`Observer`] for progress and metrics, and a [`CancelToken`].
 
+pub mod adapt;
+pub mod evaluate;
+pub mod stream;
 pub mod train;
 
 use crate::error::{EngineError, Result};
@@ -14,6 +17,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+pub use adapt::{AdaptResult, AdaptSpec};
+pub use evaluate::{EvaluateResult, EvaluateSpec};
 pub use train::{TrainResult, TrainSpec};
 
 /// What a job does, with its own fields.
@@ -22,6 +27,10 @@ pub use train::{TrainResult, TrainSpec};
 pub enum JobKind {
     /// Train a source model on the clean training split.
     Train(TrainSpec),
+    /// Run test-time adaptation methods over a shifted stream.
+    Adapt(AdaptSpec),
+    /// Evaluate checkpoints on clean and corrupted test data without adapting.
+    Evaluate(EvaluateSpec),
 }
 
 /// A complete job: common fields plus the kind-specific ones, all at the top level.
@@ -43,11 +52,12 @@ const COMMON_FIELDS: [&str; 4] = ["name", "tags", "seed", "device"];
 impl JobSpec {
     /// Parse from a JSON value: common fields are taken out, the rest must be one kind's fields.
     pub fn from_value(mut v: serde_json::Value) -> Result<Self> {
-        let obj = v
-            .as_object_mut()
-            .ok_or_else(|| EngineError::InvalidSpec("a job spec must be an object with a `kind` field".into()))?;
+        let obj = v.as_object_mut().ok_or_else(|| {
+            EngineError::InvalidSpec("a job spec must be an object with a `kind` field".into())
+        })?;
         let take = |obj: &mut serde_json::Map<String, serde_json::Value>, k: &str| obj.remove(k);
-        let field_err = |k: &str, e: serde_json::Error| EngineError::InvalidSpec(format!("field `{k}`: {e}"));
+        let field_err =
+            |k: &str, e: serde_json::Error| EngineError::InvalidSpec(format!("field `{k}`: {e}"));
         let name = match take(obj, "name") {
             None | Some(serde_json::Value::Null) => None,
             Some(v) => Some(serde_json::from_value(v).map_err(|e| field_err("name", e))?),
@@ -78,13 +88,20 @@ impl JobSpec {
                 msg
             })
         })?;
-        let spec = Self { name, tags, seed, device, kind };
+        let spec = Self {
+            name,
+            tags,
+            seed,
+            device,
+            kind,
+        };
         spec.validate()?;
         Ok(spec)
     }
 
     pub fn from_json(text: &str) -> Result<Self> {
-        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| EngineError::InvalidSpec(format!("not valid JSON: {e}")))?;
+        let v: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| EngineError::InvalidSpec(format!("not valid JSON: {e}")))?;
         Self::from_value(v)
     }
 
@@ -106,6 +123,8 @@ impl JobSpec {
     pub fn kind_name(&self) -> &'static str {
         match self.kind {
             JobKind::Train(_) => "train",
+            JobKind::Adapt(_) => "adapt",
+            JobKind::Evaluate(_) => "evaluate",
         }
     }
 
@@ -113,6 +132,8 @@ impl JobSpec {
         parse_device(&self.device)?;
         match &self.kind {
             JobKind::Train(s) => s.validate(),
+            JobKind::Adapt(s) => s.validate(),
+            JobKind::Evaluate(s) => s.validate(),
         }
     }
 }
@@ -135,11 +156,19 @@ pub fn parse_device(s: &str) -> Result<candle_core::Device> {
     if s == "cpu" {
         return Ok(candle_core::Device::Cpu);
     }
-    if let Some(n) = s.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
-        return candle_core::Device::new_cuda(n)
-            .map_err(|e| EngineError::InvalidSpec(format!("device `{s}` is not available in this build or machine: {e}")));
+    if let Some(n) = s
+        .strip_prefix("cuda:")
+        .and_then(|n| n.parse::<usize>().ok())
+    {
+        return candle_core::Device::new_cuda(n).map_err(|e| {
+            EngineError::InvalidSpec(format!(
+                "device `{s}` is not available in this build or machine: {e}"
+            ))
+        });
     }
-    Err(EngineError::InvalidSpec(format!("device must be `cpu` or `cuda:N`, got `{s}`")))
+    Err(EngineError::InvalidSpec(format!(
+        "device must be `cpu` or `cuda:N`, got `{s}`"
+    )))
 }
 
 /// Shared flag checked between batches/steps.
@@ -254,6 +283,8 @@ impl CheckpointRef {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum JobResult {
     Train(TrainResult),
+    Adapt(AdaptResult),
+    Evaluate(EvaluateResult),
 }
 
 /// Provenance recorded in every result.
@@ -286,11 +317,18 @@ pub fn run(spec: &JobSpec, ctx: &mut Context) -> Result<JobResult> {
     let device = parse_device(&spec.device)?;
     match &spec.kind {
         JobKind::Train(t) => Ok(JobResult::Train(train::run(spec, t, &device, ctx)?)),
+        JobKind::Adapt(a) => Ok(JobResult::Adapt(adapt::run(spec, a, &device, ctx)?)),
+        JobKind::Evaluate(e) => Ok(JobResult::Evaluate(evaluate::run(spec, e, &device, ctx)?)),
     }
 }
 
 /// Images (u8, N·H·W) → (N, 1, H, W) f32 tensor in [0, 1].
-pub fn images_to_tensor(images: &[u8], h: usize, w: usize, device: &candle_core::Device) -> Result<candle_core::Tensor> {
+pub fn images_to_tensor(
+    images: &[u8],
+    h: usize,
+    w: usize,
+    device: &candle_core::Device,
+) -> Result<candle_core::Tensor> {
     let n = images.len() / (h * w);
     let v: Vec<f32> = images.iter().map(|p| *p as f32 / 255.0).collect();
     Ok(candle_core::Tensor::from_vec(v, (n, 1, h, w), device)?)

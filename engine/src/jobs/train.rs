@@ -89,16 +89,28 @@ impl TrainSpec {
         self.optimizer.validate()?;
         let bad = |m: String| Err(EngineError::InvalidSpec(m));
         if self.epochs == 0 || self.batch_size == 0 {
-            return bad(format!("epochs and batch_size must be ≥ 1, got {} and {}", self.epochs, self.batch_size));
+            return bad(format!(
+                "epochs and batch_size must be ≥ 1, got {} and {}",
+                self.epochs, self.batch_size
+            ));
         }
         if !(0.0..1.0).contains(&self.label_smoothing) {
-            return bad(format!("label_smoothing must be in [0, 1), got {}", self.label_smoothing));
+            return bad(format!(
+                "label_smoothing must be in [0, 1), got {}",
+                self.label_smoothing
+            ));
         }
         if self.warmup_epochs < 0.0 || self.warmup_epochs > self.epochs as f64 {
-            return bad(format!("warmup_epochs must be in [0, epochs], got {}", self.warmup_epochs));
+            return bad(format!(
+                "warmup_epochs must be in [0, epochs], got {}",
+                self.warmup_epochs
+            ));
         }
         if self.output.is_empty() || self.output.contains('/') || self.output.contains("..") {
-            return bad(format!("output must be a plain file name, got `{}`", self.output));
+            return bad(format!(
+                "output must be a plain file name, got `{}`",
+                self.output
+            ));
         }
         Ok(())
     }
@@ -132,7 +144,12 @@ pub struct TrainResult {
 fn normalization(set: &ImageSet) -> Normalization {
     let n = set.images.len() as f64;
     let mean = set.images.iter().map(|p| *p as f64 / 255.0).sum::<f64>() / n;
-    let var = set.images.iter().map(|p| (*p as f64 / 255.0 - mean).powi(2)).sum::<f64>() / n;
+    let var = set
+        .images
+        .iter()
+        .map(|p| (*p as f64 / 255.0 - mean).powi(2))
+        .sum::<f64>()
+        / n;
     Normalization {
         mean: vec![mean as f32],
         std: vec![var.sqrt() as f32],
@@ -140,9 +157,20 @@ fn normalization(set: &ImageSet) -> Normalization {
 }
 
 /// Random translation by up to `pad` pixels (zero fill) and optional horizontal flip.
-fn augment(img: &[u8], h: usize, w: usize, pad: usize, flip: bool, rng: &mut impl Rng, out: &mut Vec<u8>) {
+fn augment(
+    img: &[u8],
+    h: usize,
+    w: usize,
+    pad: usize,
+    flip: bool,
+    rng: &mut impl Rng,
+    out: &mut Vec<u8>,
+) {
     let (dy, dx) = if pad > 0 {
-        (rng.gen_range(-(pad as isize)..=pad as isize), rng.gen_range(-(pad as isize)..=pad as isize))
+        (
+            rng.gen_range(-(pad as isize)..=pad as isize),
+            rng.gen_range(-(pad as isize)..=pad as isize),
+        )
     } else {
         (0, 0)
     };
@@ -150,7 +178,11 @@ fn augment(img: &[u8], h: usize, w: usize, pad: usize, flip: bool, rng: &mut imp
     for r in 0..h {
         for c in 0..w {
             let sr = r as isize + dy;
-            let sc0 = if flip { (w - 1 - c) as isize } else { c as isize };
+            let sc0 = if flip {
+                (w - 1 - c) as isize
+            } else {
+                c as isize
+            };
             let sc = sc0 + dx;
             let v = if sr >= 0 && sr < h as isize && sc >= 0 && sc < w as isize {
                 img[sr as usize * w + sc as usize]
@@ -172,19 +204,34 @@ pub fn lr_at(step: usize, total: usize, warmup: usize, peak: f64) -> f64 {
 }
 
 /// Eval-mode metrics of a model on a set.
-pub fn evaluate_set(model: &Model, set: &ImageSet, batch: usize, mode: BnMode) -> Result<Accumulator> {
+pub fn evaluate_set(
+    model: &Model,
+    set: &ImageSet,
+    batch: usize,
+    mode: BnMode,
+) -> Result<Accumulator> {
     let mut acc = Accumulator::new();
     let classes = model.info().num_classes;
     for start in (0..set.len()).step_by(batch) {
         let end = (start + batch).min(set.len());
-        let x = images_to_tensor(&set.images[start * set.pixels()..end * set.pixels()], set.height, set.width, model.device())?;
+        let x = images_to_tensor(
+            &set.images[start * set.pixels()..end * set.pixels()],
+            set.height,
+            set.width,
+            model.device(),
+        )?;
         let logits = model.forward(&x, mode)?.flatten_all()?.to_vec1::<f32>()?;
         acc.add_logits(&logits, classes, &set.labels[start..end]);
     }
     Ok(acc)
 }
 
-pub fn run(spec: &JobSpec, t: &TrainSpec, device: &Device, ctx: &mut Context) -> Result<TrainResult> {
+pub fn run(
+    spec: &JobSpec,
+    t: &TrainSpec,
+    device: &Device,
+    ctx: &mut Context,
+) -> Result<TrainResult> {
     let (full, mut hashes) = data::load(&ctx.data_dir, t.dataset, Split::Train)?;
     let (test, test_hashes) = data::load(&ctx.data_dir, t.dataset, Split::Test)?;
     hashes.extend(test_hashes);
@@ -241,8 +288,14 @@ pub fn run(spec: &JobSpec, t: &TrainSpec, device: &Device, ctx: &mut Context) ->
             total: steps_per_epoch as u64,
         });
         let mut perm: Vec<usize> = (0..train.len()).collect();
-        perm.shuffle(&mut crate::rng::rng(crate::rng::derive(spec.seed, &[epoch as u64]), "train/shuffle"));
-        let mut aug_rng = crate::rng::rng(crate::rng::derive(spec.seed, &[epoch as u64]), "train/augment");
+        perm.shuffle(&mut crate::rng::rng(
+            crate::rng::derive(spec.seed, &[epoch as u64]),
+            "train/shuffle",
+        ));
+        let mut aug_rng = crate::rng::rng(
+            crate::rng::derive(spec.seed, &[epoch as u64]),
+            "train/augment",
+        );
         let (mut loss_sum, mut wrong, mut seen) = (0f64, 0usize, 0usize);
         let mut lr = peak;
         for (b, chunk) in perm.chunks(t.batch_size).enumerate() {
@@ -250,7 +303,15 @@ pub fn run(spec: &JobSpec, t: &TrainSpec, device: &Device, ctx: &mut Context) ->
             let mut buf = Vec::with_capacity(chunk.len() * h * w);
             let mut labels = Vec::with_capacity(chunk.len());
             for &i in chunk {
-                augment(train.image(i), h, w, t.crop_pad, flip, &mut aug_rng, &mut buf);
+                augment(
+                    train.image(i),
+                    h,
+                    w,
+                    t.crop_pad,
+                    flip,
+                    &mut aug_rng,
+                    &mut buf,
+                );
                 labels.push(train.labels[i]);
             }
             let x = images_to_tensor(&buf, h, w, device)?;
@@ -268,7 +329,11 @@ pub fn run(spec: &JobSpec, t: &TrainSpec, device: &Device, ctx: &mut Context) ->
                 skipped += 1;
             }
             let lv_rows = logits.argmax(1)?.to_vec1::<u32>()?;
-            wrong += lv_rows.iter().zip(&labels).filter(|(p, y)| **p != **y as u32).count();
+            wrong += lv_rows
+                .iter()
+                .zip(&labels)
+                .filter(|(p, y)| **p != **y as u32)
+                .count();
             loss_sum += lv * chunk.len() as f64;
             seen += chunk.len();
             ctx.observer.event(Event::Advance { done: b as u64 + 1 });
@@ -310,7 +375,11 @@ pub fn run(spec: &JobSpec, t: &TrainSpec, device: &Device, ctx: &mut Context) ->
     }
     let test_m = evaluate_set(&model, &test, 500, BnMode::Eval)?.finish();
     model.info_mut().test_accuracy = Some(1.0 - test_m.error);
-    ctx.log(format!("clean test error {:.2}% ({} images)", 100.0 * test_m.error, test_m.n));
+    ctx.log(format!(
+        "clean test error {:.2}% ({} images)",
+        100.0 * test_m.error,
+        test_m.n
+    ));
     let out = ctx.ensure_out_dir()?.join(&t.output);
     let st = model.save(&out)?;
     let shown = format!("{}.safetensors", t.output);

@@ -422,7 +422,12 @@ mod tests {
         let run = || {
             let y = conv2d(&x, w.as_tensor(), 1, 1).unwrap();
             let g = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
-            g.get(&w).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            g.get(&w)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
         };
         let first = run();
         for _ in 0..5 {
