@@ -425,11 +425,11 @@ impl BatchNorm {
         let (rm, rv) = (self.running_mean.get(), self.running_var.get());
         let (w, b) = (self.weight.t(), self.bias.t());
         let y = match mode {
-            BnMode::Eval => ops::batch_norm(x, &w, &b, &rm, &rv, None, 0.0, self.eps)?,
+            BnMode::Eval => ops::batch_norm(x, &w, &b, (&rm, &rv), None, 0.0, self.eps)?,
             BnMode::Train | BnMode::Batch | BnMode::Alpha(_) => {
                 let stats = BnStats::of(x)?;
                 let alpha = if let BnMode::Alpha(a) = mode { a } else { 1.0 };
-                let y = ops::batch_norm(x, &w, &b, &rm, &rv, Some(&stats), alpha, self.eps)?;
+                let y = ops::batch_norm(x, &w, &b, (&rm, &rv), Some(&stats), alpha, self.eps)?;
                 *self.last_batch.lock().expect("bn lock poisoned") = Some(stats.clone());
                 if mode == BnMode::Train {
                     let m = self.momentum;

@@ -3,5 +3,6 @@
 pub mod datasets;
 pub mod idx;
 pub mod npy;
+pub mod synthetic;
 
 pub use datasets::{default_data_dir, load, Dataset, ImageSet, Split};

@@ -279,6 +279,8 @@ impl CheckpointRef {
 }
 
 /// What a job produced; serialized as the result JSON.
+// Built once per job and moved, never copied in bulk: boxing the variants buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum JobResult {

@@ -75,7 +75,7 @@ impl Architecture {
                 }
             }
             Architecture::Resnet { depth, width } => {
-                if *depth < 8 || (depth - 2) % 6 != 0 || *width == 0 {
+                if *depth < 8 || !(depth - 2).is_multiple_of(6) || *width == 0 {
                     return Err(EngineError::InvalidSpec(format!(
                         "resnet depth must be 6n+2 (8, 14, 20, 26, ...) and width ≥ 1, got depth {depth}, width {width}"
                     )));

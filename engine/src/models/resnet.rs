@@ -68,7 +68,7 @@ impl ResNet {
         in_ch: usize,
         classes: usize,
     ) -> Result<Self> {
-        if depth < 8 || (depth - 2) % 6 != 0 {
+        if depth < 8 || !(depth - 2).is_multiple_of(6) {
             return Err(EngineError::InvalidSpec(format!(
                 "resnet depth must be 6n+2 (8, 14, 20, 26, 32, ...), got {depth}"
             )));

@@ -225,8 +225,7 @@ pub fn batch_norm_composed(
     x: &Tensor,
     gamma: &Tensor,
     beta: &Tensor,
-    fixed_mean: &Tensor,
-    fixed_var: &Tensor,
+    (fixed_mean, fixed_var): (&Tensor, &Tensor),
     alpha: f64,
     use_batch: bool,
     eps: f64,
@@ -261,8 +260,7 @@ pub fn batch_norm(
     x: &Tensor,
     gamma: &Tensor,
     beta: &Tensor,
-    fixed_mean: &[f32],
-    fixed_var: &[f32],
+    (fixed_mean, fixed_var): (&[f32], &[f32]),
     batch: Option<&BnStats>,
     alpha: f32,
     eps: f64,
@@ -275,7 +273,15 @@ pub fn batch_norm(
         let dev = x.device();
         let fm = Tensor::new(fixed_mean, dev)?;
         let fv = Tensor::new(fixed_var, dev)?;
-        batch_norm_composed(x, gamma, beta, &fm, &fv, alpha as f64, batch.is_some(), eps)
+        batch_norm_composed(
+            x,
+            gamma,
+            beta,
+            (&fm, &fv),
+            alpha as f64,
+            batch.is_some(),
+            eps,
+        )
     }
 }
 
@@ -299,8 +305,7 @@ mod tests {
             x.as_tensor(),
             g.as_tensor(),
             b.as_tensor(),
-            &fm,
-            &fv,
+            (&fm, &fv),
             use_batch.then_some(&stats),
             alpha,
             1e-5,
@@ -312,8 +317,10 @@ mod tests {
             x.as_tensor(),
             g.as_tensor(),
             b.as_tensor(),
-            &Tensor::new(fm.as_slice(), &dev).unwrap(),
-            &Tensor::new(fv.as_slice(), &dev).unwrap(),
+            (
+                &Tensor::new(fm.as_slice(), &dev).unwrap(),
+                &Tensor::new(fv.as_slice(), &dev).unwrap(),
+            ),
             alpha as f64,
             use_batch,
             1e-5,
@@ -374,8 +381,7 @@ mod tests {
             &x,
             &ones,
             &zeros,
-            &[0.; 3],
-            &[1.; 3],
+            (&[0.; 3], &[1.; 3]),
             Some(&stats),
             1.0,
             0.0,
