@@ -1,6 +1,7 @@
 //! `attune`: run Attune jobs in-process (embedded mode, no servers).
 
 mod output;
+mod plot;
 
 use anyhow::{Context as _, Result};
 use attune_engine::jobs::{self, CancelToken, Context, Event, JobSpec, LogLevel, Observer};
@@ -175,6 +176,9 @@ fn run(args: RunArgs) -> Result<()> {
         out.join("timing.json"),
         serde_json::to_string_pretty(&timing)? + "\n",
     )?;
+    if let jobs::JobResult::Adapt(a) = &result {
+        std::fs::write(out.join("error.svg"), plot::error_svg(a))?;
+    }
     println!("{}", output::table(&result));
     println!(
         "wall time {:.1} s; results in {}",

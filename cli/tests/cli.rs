@@ -112,6 +112,9 @@ fn train_then_adapt_in_embedded_mode_writes_results() {
     assert!(
         tmp.path().join("a1/samples.json").exists() && tmp.path().join("a1/timing.json").exists()
     );
+    let svg = std::fs::read_to_string(tmp.path().join("a1/error.svg")).unwrap();
+    assert_eq!(svg.matches("<polyline").count(), 3, "one line per method");
+    assert!(svg.contains(">fog<") && svg.contains(">impulse_noise<"));
 }
 
 #[test]

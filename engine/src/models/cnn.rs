@@ -1,6 +1,6 @@
-//! A small BatchNorm CNN: per stage, `convs` × (3×3 conv → BN → ReLU) then 2×2 max-pool;
-//! flatten → linear. With channels [32, 64, 128] on 28×28 inputs the feature map goes
-//! 28 → 14 → 7 → 3 and the classifier sees 128·3·3 = 1152 features.
+//! A small BatchNorm CNN: per stage, `convs` × (3×3 conv → BN → ReLU), with a 2×2 max-pool
+//! between stages; flatten → linear. With channels [32, 64, 128] on 28×28 inputs the feature
+//! map goes 28 → 14 → 7 and the classifier sees 128·7·7 = 6272 features.
 
 use crate::error::Result;
 use crate::nn::{BatchNorm, BnMode, Conv2d, Linear, VarSource};
@@ -33,10 +33,12 @@ impl Cnn {
                     Conv2d::new(vs, &format!("{name}.conv"), cin, c, 3, 1, 1)?,
                     BatchNorm::new(vs, &format!("{name}.bn"), c)?,
                 ));
-                pool_after.push(j + 1 == convs_per_stage);
+                pool_after.push(j + 1 == convs_per_stage && i + 1 < channels.len());
                 cin = c;
             }
-            s /= 2;
+            if i + 1 < channels.len() {
+                s /= 2;
+            }
         }
         let fc = Linear::new(vs, "fc", cin * s * s, classes)?;
         Ok(Self {

@@ -293,16 +293,16 @@ mod tests {
         let x = randn(&[2, 1, 28, 28], 1).affine(0.1, 0.5).unwrap();
         let cnn = Model::init(info(Architecture::default()), 0, &dev).unwrap();
         let (f, l) = cnn.forward_features(&x, BnMode::Eval).unwrap();
-        assert_eq!(f.dims(), &[2, 1152]);
+        assert_eq!(f.dims(), &[2, 6272]);
         assert_eq!(l.dims(), &[2, 10]);
-        // conv 1·32·9 + 32·64·9 + 64·128·9, BN 2·(32+64+128), fc 1152·10 + 10.
+        // conv 1·32·9 + 32·64·9 + 64·128·9, BN 2·(32+64+128), fc 6272·10 + 10.
         let n: usize = cnn
             .store()
             .params()
             .iter()
             .map(|p| p.var().as_tensor().elem_count())
             .sum();
-        assert_eq!(n, 288 + 18432 + 73728 + 448 + 11530);
+        assert_eq!(n, 288 + 18432 + 73728 + 448 + 62730);
         let r = Model::init(
             info(Architecture::Resnet {
                 depth: 20,

@@ -1,0 +1,138 @@
+//! A self-contained SVG of an adapt job's online error along the stream: one line per method,
+//! domain boundaries marked and labelled. No fonts or scripts from anywhere else.
+
+use attune_engine::jobs::AdaptResult;
+use std::fmt::Write;
+
+const COLORS: [&str; 8] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+];
+
+/// Moving average over `w` batches (centered, shrinking at the ends), to make trends readable.
+fn smooth(v: &[f64], w: usize) -> Vec<f64> {
+    let h = w / 2;
+    (0..v.len())
+        .map(|i| {
+            let (a, b) = (i.saturating_sub(h), (i + h + 1).min(v.len()));
+            v[a..b].iter().sum::<f64>() / (b - a) as f64
+        })
+        .collect()
+}
+
+pub fn error_svg(r: &AdaptResult) -> String {
+    let (w, h) = (1000.0, 420.0);
+    let (left, right, top, bottom) = (60.0, 150.0, 40.0, 90.0);
+    let steps = r
+        .methods
+        .first()
+        .map(|m| m.batches.len())
+        .unwrap_or(0)
+        .max(1);
+    let ymax = r
+        .methods
+        .iter()
+        .flat_map(|m| m.batches.iter().map(|b| b.error))
+        .fold(0.1f64, f64::max)
+        .min(1.0);
+    let ymax = (ymax * 10.0).ceil() / 10.0;
+    let x = |s: f64| left + (w - left - right) * s / steps as f64;
+    let y = |e: f64| top + (h - top - bottom) * (1.0 - e / ymax);
+    let mut s = String::new();
+    writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">"#
+    )
+    .ok();
+    writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#).ok();
+    writeln!(
+        s,
+        r#"<text x="{left}" y="22" font-size="14">Online error per batch ({} batches of {}, severity {}, {:?}; 5-batch moving average within each domain)</text>"#,
+        steps, r.stream.batch_size, r.stream.severity, r.stream.setting
+    )
+    .ok();
+    // Axes and horizontal grid.
+    for k in 0..=5 {
+        let e = ymax * k as f64 / 5.0;
+        writeln!(
+            s,
+            r##"<line x1="{left}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{:.0}%</text>"##,
+            w - right,
+            left - 6.0,
+            y(e) + 4.0,
+            100.0 * e,
+            y = y(e)
+        )
+        .ok();
+    }
+    // Domain boundaries.
+    let mut start = 0usize;
+    for (di, d) in r.stream.domains.iter().enumerate() {
+        let n = r
+            .methods
+            .first()
+            .map(|m| m.batches.iter().filter(|b| b.domain == di).count())
+            .unwrap_or(0);
+        let (x0, x1) = (x(start as f64), x((start + n) as f64));
+        writeln!(s, r##"<line x1="{x0:.1}" x2="{x0:.1}" y1="{top}" y2="{}" stroke="#999" stroke-dasharray="3,3"/>"##, h - bottom).ok();
+        let xm = (x0 + x1) / 2.0;
+        writeln!(
+            s,
+            r#"<text x="{xm:.1}" y="{:.1}" transform="rotate(45 {xm:.1} {:.1})">{}</text>"#,
+            h - bottom + 12.0,
+            h - bottom + 12.0,
+            d.name
+        )
+        .ok();
+        start += n;
+    }
+    // One line per method.
+    for (mi, m) in r.methods.iter().enumerate() {
+        let color = COLORS[mi % COLORS.len()];
+        // Smooth within each domain only, so a shift shows as a step, not a ramp.
+        let mut smoothed = Vec::with_capacity(m.batches.len());
+        for di in 0..r.stream.domains.len() {
+            let errs: Vec<f64> = m
+                .batches
+                .iter()
+                .filter(|b| b.domain == di)
+                .map(|b| b.error)
+                .collect();
+            smoothed.extend(smooth(&errs, 5));
+        }
+        let pts: Vec<String> = smoothed
+            .iter()
+            .enumerate()
+            .map(|(i, e)| format!("{:.1},{:.1}", x(i as f64 + 0.5), y(*e)))
+            .collect();
+        writeln!(
+            s,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{}"/>"#,
+            pts.join(" ")
+        )
+        .ok();
+        let ly = top + 16.0 * mi as f64;
+        writeln!(
+            s,
+            r#"<line x1="{}" x2="{}" y1="{ly}" y2="{ly}" stroke="{color}" stroke-width="3"/><text x="{}" y="{}">{} ({:.1}%)</text>"#,
+            w - right + 10.0,
+            w - right + 30.0,
+            w - right + 35.0,
+            ly + 4.0,
+            m.name,
+            100.0 * m.mean.error
+        )
+        .ok();
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn moving_average_by_hand() {
+        assert_eq!(smooth(&[0.0, 3.0, 6.0, 9.0], 3), vec![1.5, 3.0, 6.0, 7.5]);
+    }
+}
