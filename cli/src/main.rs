@@ -75,9 +75,10 @@ impl Terminal {
         if self.quiet {
             return;
         }
+        // A hidden bar (stderr is not a terminal) swallows println: print those lines directly.
         match &self.bar {
-            Some(b) => b.println(s),
-            None => eprintln!("{s}"),
+            Some(b) if !b.is_hidden() => b.println(s),
+            _ => eprintln!("{s}"),
         }
     }
 }

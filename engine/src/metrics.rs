@@ -7,7 +7,6 @@ pub const ECE_BINS: usize = 15;
 
 /// Metrics over a set of samples.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct Metrics {
     pub n: usize,
     /// Fraction of samples whose arg-max prediction is wrong.

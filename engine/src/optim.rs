@@ -10,7 +10,6 @@ use serde::{Deserialize, Serialize};
 
 /// Optimizer settings, with the names of PyTorch's `torch.optim`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(tag = "name", rename_all = "snake_case", deny_unknown_fields)]
 pub enum OptimizerSpec {
     Sgd {

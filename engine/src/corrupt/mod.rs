@@ -129,20 +129,13 @@ impl std::str::FromStr for Corruption {
     }
 }
 
-/// splitmix64's output function applied to `x + γ`.
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 /// The per-image RNG seed: a splitmix64 chain over `(seed, corruption, severity, index)`.
 fn image_seed(seed: u64, c: Corruption, severity: u8, index: u64) -> u64 {
-    let mut h = splitmix64(seed);
-    h = splitmix64(h ^ (c as u64));
-    h = splitmix64(h ^ u64::from(severity));
-    splitmix64(h ^ index)
+    use crate::rng::mix64;
+    let mut h = mix64(seed);
+    h = mix64(h ^ (c as u64));
+    h = mix64(h ^ u64::from(severity));
+    mix64(h ^ index)
 }
 
 /// Checks severity and size; `single` is one image (`len == width·height`), else a batch

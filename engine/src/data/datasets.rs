@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 pub const FETCH_CMD: &str = "scripts/fetch-data.sh";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Dataset {
     FashionMnist,

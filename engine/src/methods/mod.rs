@@ -4,8 +4,7 @@
 //! statistics) and returns its predictions for that batch; `reset` returns every piece of its
 //! state (weights, statistics, optimizer moments, counters of adaptation) to the initial one.
 
-mod norm;
-mod source;
+mod frozen;
 mod tent;
 
 use crate::error::Result;
@@ -17,7 +16,6 @@ use serde::{Deserialize, Serialize};
 /// A method and its hyperparameters, as written in a job spec: either a bare name
 /// (`"tent"`) or a table (`{ method = "tent", steps = 1, optimizer = { ... } }`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(tag = "method", rename_all = "snake_case", deny_unknown_fields)]
 pub enum MethodSpec {
     /// The source model, frozen, BatchNorm with its running (source) statistics.
@@ -125,8 +123,8 @@ pub trait Method {
 pub fn build(spec: &MethodSpec, model: Model) -> Result<Box<dyn Method>> {
     spec.validate()?;
     Ok(match spec {
-        MethodSpec::Source => Box::new(source::Source::new(model)),
-        MethodSpec::NormTest => Box::new(norm::NormTest::new(model)),
+        MethodSpec::Source => Box::new(frozen::FrozenWeights::source(model)),
+        MethodSpec::NormTest => Box::new(frozen::FrozenWeights::norm_test(model)),
         MethodSpec::Tent { optimizer, steps } => {
             Box::new(tent::Tent::new(model, optimizer.clone(), *steps)?)
         }

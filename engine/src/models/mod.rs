@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 
 /// Which network to build.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(tag = "arch", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Architecture {
     /// Small BatchNorm CNN: per stage `convs_per_stage` × (conv3×3-BN-ReLU), then max-pool.
@@ -88,7 +87,6 @@ impl Architecture {
 
 /// Per-channel input normalization: `(x − mean) / std` on images in [0, 1].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct Normalization {
     pub mean: Vec<f32>,
     pub std: Vec<f32>,
@@ -96,7 +94,6 @@ pub struct Normalization {
 
 /// The JSON sidecar of a checkpoint.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct ModelInfo {
     pub architecture: Architecture,
     /// (channels, height, width) of the input.
