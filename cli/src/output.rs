@@ -47,7 +47,12 @@ fn render(header: &[String], rows: &[Vec<String>]) -> String {
 }
 
 fn adapt(r: &AdaptResult) -> String {
-    let mut header = vec![format!("error % (severity {})", r.stream.severity)];
+    let gradual = r.stream.setting == attune_engine::jobs::adapt::Setting::Gradual;
+    let mut header = vec![if gradual {
+        "error % (domain-severity)".to_string()
+    } else {
+        format!("error % (severity {})", r.stream.severity)
+    }];
     header.extend(r.methods.iter().map(|m| m.name.clone()));
     let mut rows: Vec<Vec<String>> = r
         .stream
@@ -55,7 +60,11 @@ fn adapt(r: &AdaptResult) -> String {
         .iter()
         .enumerate()
         .map(|(i, d)| {
-            let mut row = vec![d.name.clone()];
+            let mut row = vec![if gradual {
+                format!("{}-{}", d.name, d.severity)
+            } else {
+                d.name.clone()
+            }];
             row.extend(r.methods.iter().map(|m| pct(m.domains[i].metrics.error)));
             row
         })
@@ -73,8 +82,36 @@ fn adapt(r: &AdaptResult) -> String {
         row.extend(r.methods.iter().map(|m| format!("{:.3}", f(&m.mean))));
         rows.push(row);
     }
+    if r.methods.iter().any(|m| m.forgetting.is_some()) {
+        for (label, f) in [
+            (
+                "clean error % before",
+                (|g: &attune_engine::jobs::adapt::Forgetting| g.before.error) as fn(&_) -> f64,
+            ),
+            ("clean error % after", |g| g.after.error),
+        ] {
+            let mut row = vec![label.to_string()];
+            row.extend(r.methods.iter().map(|m| match &m.forgetting {
+                Some(g) => pct(f(g)),
+                None => "-".into(),
+            }));
+            rows.push(row);
+        }
+    }
     let mut s = render(&header, &rows);
     for m in &r.methods {
+        if let Some(a) = m.collapse.first() {
+            writeln!(
+                s,
+                "{}: COLLAPSE ALARM {} time(s); first at batch {} (error {:.1}% vs source {:.1}% over the window)",
+                m.name,
+                m.collapse.len(),
+                a.step,
+                100.0 * a.error,
+                100.0 * a.source_error
+            )
+            .ok();
+        }
         if m.counters.skipped_updates > 0 {
             writeln!(
                 s,

@@ -64,14 +64,10 @@ pub fn error_svg(r: &AdaptResult) -> String {
         )
         .ok();
     }
-    // Domain boundaries.
+    // Segment (domain) boundaries.
     let mut start = 0usize;
-    for (di, d) in r.stream.domains.iter().enumerate() {
-        let n = r
-            .methods
-            .first()
-            .map(|m| m.batches.iter().filter(|b| b.domain == di).count())
-            .unwrap_or(0);
+    for d in &r.stream.segments {
+        let n = d.batches;
         let (x0, x1) = (x(start as f64), x((start + n) as f64));
         writeln!(s, r##"<line x1="{x0:.1}" x2="{x0:.1}" y1="{top}" y2="{}" stroke="#999" stroke-dasharray="3,3"/>"##, h - bottom).ok();
         let xm = (x0 + x1) / 2.0;
@@ -90,11 +86,11 @@ pub fn error_svg(r: &AdaptResult) -> String {
         let color = COLORS[mi % COLORS.len()];
         // Smooth within each domain only, so a shift shows as a step, not a ramp.
         let mut smoothed = Vec::with_capacity(m.batches.len());
-        for di in 0..r.stream.domains.len() {
+        for si in 0..r.stream.segments.len() {
             let errs: Vec<f64> = m
                 .batches
                 .iter()
-                .filter(|b| b.domain == di)
+                .filter(|b| b.segment == si)
                 .map(|b| b.error)
                 .collect();
             smoothed.extend(smooth(&errs, 5));

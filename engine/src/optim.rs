@@ -56,6 +56,16 @@ impl OptimizerSpec {
         }
     }
 
+    /// SAR's and DeYO's setting: SGD, lr 2.5e-4, momentum 0.9 (batch ≥ 32).
+    pub fn sar_default() -> Self {
+        OptimizerSpec::Sgd {
+            lr: 2.5e-4,
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 0.0,
+        }
+    }
+
     pub fn lr(&self) -> f64 {
         match self {
             OptimizerSpec::Sgd { lr, .. } | OptimizerSpec::Adam { lr, .. } => *lr,

@@ -130,6 +130,139 @@ fn adapt_compares_methods_on_one_stream_and_records_provenance() {
 }
 
 #[test]
+fn every_setting_runs_every_method_on_one_stream() {
+    let f = fixture();
+    let methods = json!([
+        "source", "norm_test", "norm_alpha", "tent", {"method": "eata", "fisher_size": 100},
+        "sar", "deyo", "crowds", "lame"
+    ]);
+    for (setting, extra) in [
+        ("mixed_domains", json!({})),
+        ("correlated", json!({})),
+        ("mixed_domains_correlated", json!({"dirichlet_delta": 0.1})),
+        (
+            "gradual",
+            json!({"corruptions": ["fog", "contrast"], "n_examples": 20}),
+        ),
+        ("continual", json!({"episodic": true})),
+        ("reset_each_shift", json!({"reset_every": 2})),
+    ] {
+        let mut v = adapt_spec(1);
+        v["setting"] = json!(setting);
+        v["methods"] = methods.clone();
+        v["save_checkpoints"] = json!(false);
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        let out = tempfile::tempdir().unwrap();
+        let JobResult::Adapt(r) = run(
+            &JobSpec::from_value(v.clone()).unwrap(),
+            &f.data,
+            out.path(),
+        )
+        .unwrap_or_else(|e| panic!("{setting}: {e}")) else {
+            panic!()
+        };
+        let n_dom = if setting == "gradual" { 5 + 9 } else { 2 };
+        assert_eq!(r.stream.domains.len(), n_dom, "{setting}");
+        let per_domain = r.stream.domains[0].n;
+        let total = per_domain * n_dom;
+        let mixed = setting.starts_with("mixed");
+        assert_eq!(
+            r.stream.segments.len(),
+            if mixed { 1 } else { n_dom },
+            "{setting}"
+        );
+        assert_eq!(
+            r.stream.order_file.is_some(),
+            mixed || setting.contains("correlated")
+        );
+        for m in &r.methods {
+            assert_eq!(m.overall.n, total, "{setting} {}", m.name);
+            assert_eq!(m.domains.len(), n_dom);
+            // Per-domain metrics are per sample, in mixed streams too.
+            assert!(
+                m.domains.iter().all(|d| d.metrics.n == per_domain),
+                "{setting} {}",
+                m.name
+            );
+            let fg = m.forgetting.expect("forgetting on by default");
+            assert_eq!(
+                fg.before.n, per_domain,
+                "forgetting uses n_examples clean images"
+            );
+            if m.adapts.is_empty() {
+                assert_eq!(
+                    fg.before, fg.after,
+                    "{setting} {}: frozen methods forget nothing",
+                    m.name
+                );
+            }
+        }
+        // Every method saw the same batches: the source method's batch sizes are everyone's.
+        let sizes: Vec<usize> = r.methods[0].batches.iter().map(|b| b.n).collect();
+        assert!(r
+            .methods
+            .iter()
+            .all(|m| m.batches.iter().map(|b| b.n).collect::<Vec<_>>() == sizes));
+        let tent = r.methods.iter().find(|m| m.name == "tent").unwrap();
+        let batches = sizes.len() as u64;
+        match setting {
+            "continual" => assert_eq!(
+                tent.resets,
+                batches - 1,
+                "episodic resets before every batch but the first"
+            ),
+            // 2 domains × 3 batches: reset after batch 2 of each domain, and at the shift.
+            "reset_each_shift" => assert_eq!(tent.resets, 3),
+            _ => assert_eq!(tent.resets, 0),
+        }
+        let eata = r.methods.iter().find(|m| m.name == "eata").unwrap();
+        assert!(r
+            .stream
+            .clean_samples
+            .as_ref()
+            .is_some_and(|c| c.n == 100 && c.split == "train"));
+        assert!(eata.counters.updates + eata.counters.empty_batches > 0);
+        if let Some(f) = &r.stream.order_file {
+            let order: Vec<Vec<(usize, usize)>> =
+                serde_json::from_str(&std::fs::read_to_string(out.path().join(f)).unwrap())
+                    .unwrap();
+            assert_eq!(order.iter().map(|s| s.len()).sum::<usize>(), total);
+        }
+    }
+}
+
+#[test]
+fn collapse_alarm_fires_when_a_method_falls_far_behind_the_source() {
+    let f = fixture();
+    let mut v = adapt_spec(2);
+    // TENT with a huge learning rate on a label-sorted stream collapses; a zero margin and a
+    // one-batch window make the alarm fire as soon as it is worse than the source model.
+    v["setting"] = json!("correlated");
+    v["methods"] = json!(["source", {"method": "tent", "optimizer": {"name": "sgd", "lr": 5.0}}]);
+    v["collapse_margin"] = json!(0.0);
+    v["collapse_window"] = json!(1);
+    let out = tempfile::tempdir().unwrap();
+    let JobResult::Adapt(r) = run(&JobSpec::from_value(v).unwrap(), &f.data, out.path()).unwrap()
+    else {
+        panic!()
+    };
+    assert!(
+        r.methods[0].collapse.is_empty(),
+        "the source model never trails itself"
+    );
+    let tent = &r.methods[1];
+    assert!(
+        !tent.collapse.is_empty(),
+        "tent at lr 5 on a sorted stream: {:?}",
+        tent.mean
+    );
+    let a = tent.collapse[0];
+    assert!(a.error > a.source_error && a.batches >= 1);
+}
+
+#[test]
 fn same_spec_and_seed_give_byte_identical_results() {
     let f = fixture();
     let render = |seed: u64| {
@@ -190,7 +323,7 @@ fn bad_specs_name_the_problem_and_the_valid_choices() {
     );
     let e = err(json!({"kind": "adapt", "model": "m", "methods": ["sarr"]}));
     assert!(
-        e.contains("unknown method `sarr`; valid names: source, norm_test, tent"),
+        e.contains("unknown method `sarr`; valid names: source, norm_test, norm_alpha, tent, eata"),
         "{e}"
     );
     let e = err(json!({"kind": "adapt", "model": "m", "methods": ["source"], "severity": 7}));

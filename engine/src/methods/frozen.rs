@@ -4,9 +4,11 @@
 //!   so a sample's prediction does not depend on the rest of its batch.
 //! - `norm_test` (BN-1; Schneider et al. 2020, Nado et al. 2020): every BatchNorm normalizes with
 //!   the current test batch's statistics. Nothing is carried from one batch to the next.
+//! - `norm_alpha` (α-BN; You et al. 2021): every BatchNorm normalizes with
+//!   (1−α)·source + α·batch statistics (α = 0.1), so small or label-skewed batches hurt less.
 
-use super::{host, BatchOutput, Counters, Method};
-use crate::error::{EngineError, Result};
+use super::{host, need_batch, BatchOutput, Counters, Method};
+use crate::error::Result;
 use crate::models::Model;
 use crate::nn::BnMode;
 use candle_core::Tensor;
@@ -26,6 +28,10 @@ impl FrozenWeights {
         Self::new(model, BnMode::Batch, "norm_test")
     }
 
+    pub fn norm_alpha(model: Model, alpha: f32) -> Self {
+        Self::new(model, BnMode::Alpha(alpha), "norm_alpha")
+    }
+
     fn new(model: Model, mode: BnMode, name: &'static str) -> Self {
         model.store().set_trainable(|_| false);
         Self { model, mode, name }
@@ -34,16 +40,18 @@ impl FrozenWeights {
 
 impl Method for FrozenWeights {
     fn adapt_and_predict(&mut self, x: &Tensor) -> Result<BatchOutput> {
-        if self.mode != BnMode::Eval && x.dim(0)? < 2 {
-            return Err(EngineError::InvalidSpec(format!(
-                "{} normalizes with batch statistics and needs batch_size ≥ 2",
-                self.name
-            )));
-        }
         Ok(BatchOutput {
-            logits: host(&self.model.forward(x, self.mode)?)?,
+            logits: self.predict(x)?,
             skipped_update: false,
         })
+    }
+    fn predict(&mut self, x: &Tensor) -> Result<Vec<f32>> {
+        // Plain test-time normalization refuses a single sample; α-BN is built for small
+        // batches (the source statistics keep the mix well defined) and accepts it.
+        if self.mode == BnMode::Batch {
+            need_batch(self.name, x)?;
+        }
+        host(&self.model.forward(x, self.mode)?)
     }
     fn reset(&mut self) -> Result<()> {
         Ok(())

@@ -2,12 +2,23 @@
 //!
 //! A method owns its copy of the model. For each test batch it may adapt (some parameters or
 //! statistics) and returns its predictions for that batch; `reset` returns every piece of its
-//! state (weights, statistics, optimizer moments, counters of adaptation) to the initial one.
+//! state (weights, statistics, optimizer moments, moving averages, counters) to the initial one.
+//!
+//! Hyperparameters keep the names and defaults of each method's official code (see
+//! `reference/tta-methods.md`), except that entropy margins are written as factors of ln C and
+//! computed from the model's class count (one benchmark's port hard-codes ln 1000, which never
+//! fires on 10 classes).
 
+mod deyo;
+mod eata;
+mod filters;
 mod frozen;
+mod lame;
+mod sar;
 mod tent;
 
-use crate::error::Result;
+use crate::data::ImageSet;
+use crate::error::{EngineError, Result};
 use crate::models::Model;
 use crate::optim::OptimizerSpec;
 use candle_core::Tensor;
@@ -23,6 +34,11 @@ pub enum MethodSpec {
     /// Test-time normalization: BatchNorm with the test batch's statistics (BN-1).
     #[serde(alias = "norm", alias = "bn")]
     NormTest,
+    /// α-BN (You et al. 2021): normalize with (1−α)·source + α·batch statistics.
+    NormAlpha {
+        #[serde(default = "alpha_default")]
+        alpha: f32,
+    },
     /// TENT: entropy minimization on the BatchNorm affine parameters, batch statistics.
     Tent {
         #[serde(default = "OptimizerSpec::tent_default")]
@@ -30,53 +46,298 @@ pub enum MethodSpec {
         /// Optimizer steps per batch.
         #[serde(default = "one")]
         steps: usize,
+        /// Apply the "wisdom of crowds" filter (drop samples less confident than under the
+        /// source model) before the loss.
+        #[serde(default)]
+        crowds: bool,
+    },
+    /// EATA: entropy and redundancy filters, confidence re-weighting, Fisher regularizer.
+    Eata {
+        #[serde(default = "OptimizerSpec::tent_default")]
+        optimizer: OptimizerSpec,
+        /// Entropy filter E0 = e_margin · ln C.
+        #[serde(default = "f04")]
+        e_margin: f64,
+        /// Redundancy filter: keep samples with |cos(m, p)| < d_margin.
+        #[serde(default = "f04")]
+        d_margin: f64,
+        /// Weight of the Fisher regularizer (0 disables it).
+        #[serde(default = "f1")]
+        fisher_alpha: f64,
+        /// Clean source (training-split) samples used to estimate the Fisher information.
+        #[serde(default = "fisher_size")]
+        fisher_size: usize,
+        #[serde(default)]
+        crowds: bool,
+    },
+    /// SAR: reliable-entropy filter, sharpness-aware step, reset when the loss EMA collapses.
+    Sar {
+        #[serde(default = "OptimizerSpec::sar_default")]
+        optimizer: OptimizerSpec,
+        /// Entropy filter E0 = margin · ln C.
+        #[serde(default = "f04")]
+        margin: f64,
+        /// SAM neighbourhood radius ρ.
+        #[serde(default = "rho")]
+        rho: f64,
+        /// Reset the model when the moving average of the second loss falls below this.
+        #[serde(default = "reset_constant")]
+        reset_constant: f64,
+        #[serde(default)]
+        crowds: bool,
+    },
+    /// DeYO: entropy filter plus PLPD (prediction change under patch shuffling) filter and
+    /// weighting.
+    Deyo {
+        #[serde(default = "OptimizerSpec::sar_default")]
+        optimizer: OptimizerSpec,
+        /// Entropy filter: keep H < margin · ln C.
+        #[serde(default = "f05")]
+        margin: f64,
+        /// E0 of the entropy weighting exp(−(H − margin_e0 · ln C)).
+        #[serde(default = "f04")]
+        margin_e0: f64,
+        /// Keep samples with PLPD above this.
+        #[serde(default = "plpd_threshold")]
+        plpd_threshold: f64,
+        /// The image is cut into patch_len × patch_len patches that are shuffled.
+        #[serde(default = "patch_len")]
+        patch_len: usize,
+        #[serde(default = "yes")]
+        reweight_ent: bool,
+        #[serde(default = "yes")]
+        reweight_plpd: bool,
+        #[serde(default)]
+        crowds: bool,
+    },
+    /// LAME: frozen model; Laplacian-regularized correction of each batch's outputs.
+    Lame {
+        #[serde(default)]
+        affinity: lame::Affinity,
+        /// Neighbours for the kNN graph and the RBF bandwidth.
+        #[serde(default = "knn")]
+        k: usize,
+        #[serde(default = "max_steps")]
+        max_steps: usize,
+        /// Weight of the pairwise (Laplacian) term.
+        #[serde(default = "f1")]
+        bound_lambda: f64,
     },
 }
 
 fn one() -> usize {
     1
 }
+fn yes() -> bool {
+    true
+}
+fn alpha_default() -> f32 {
+    0.1
+}
+fn f04() -> f64 {
+    0.4
+}
+fn f05() -> f64 {
+    0.5
+}
+fn f1() -> f64 {
+    1.0
+}
+fn fisher_size() -> usize {
+    2000
+}
+fn rho() -> f64 {
+    0.05
+}
+fn reset_constant() -> f64 {
+    0.2
+}
+fn plpd_threshold() -> f64 {
+    0.2
+}
+fn patch_len() -> usize {
+    4
+}
+fn knn() -> usize {
+    5
+}
+fn max_steps() -> usize {
+    100
+}
 
-/// The method names a spec may use.
-pub const METHOD_NAMES: [&str; 3] = ["source", "norm_test", "tent"];
+/// The method names a spec may use (`crowds` is TENT with the crowds filter; give `base` to
+/// put the filter on another entropy method).
+pub const METHOD_NAMES: [&str; 9] = [
+    "source",
+    "norm_test",
+    "norm_alpha",
+    "tent",
+    "eata",
+    "sar",
+    "deyo",
+    "crowds",
+    "lame",
+];
 
 impl MethodSpec {
     pub fn name(&self) -> &'static str {
         match self {
             MethodSpec::Source => "source",
             MethodSpec::NormTest => "norm_test",
+            MethodSpec::NormAlpha { .. } => "norm_alpha",
             MethodSpec::Tent { .. } => "tent",
+            MethodSpec::Eata { .. } => "eata",
+            MethodSpec::Sar { .. } => "sar",
+            MethodSpec::Deyo { .. } => "deyo",
+            MethodSpec::Lame { .. } => "lame",
+        }
+    }
+
+    /// Display name: the method name, `+crowds` when the crowds filter is on.
+    pub fn label(&self) -> String {
+        if self.crowds() {
+            format!("{}+crowds", self.name())
+        } else {
+            self.name().to_string()
+        }
+    }
+
+    fn crowds(&self) -> bool {
+        matches!(
+            self,
+            MethodSpec::Tent { crowds: true, .. }
+                | MethodSpec::Eata { crowds: true, .. }
+                | MethodSpec::Sar { crowds: true, .. }
+                | MethodSpec::Deyo { crowds: true, .. }
+        )
+    }
+
+    /// True if building the method needs clean source samples (EATA's Fisher information).
+    pub fn clean_samples(&self) -> usize {
+        match self {
+            MethodSpec::Eata {
+                fisher_alpha,
+                fisher_size,
+                ..
+            } if *fisher_alpha > 0.0 => *fisher_size,
+            _ => 0,
         }
     }
 
     pub fn validate(&self) -> Result<()> {
-        if let MethodSpec::Tent { optimizer, steps } = self {
-            optimizer.validate()?;
-            if *steps == 0 {
-                return Err(crate::EngineError::InvalidSpec(
-                    "tent: steps must be ≥ 1".into(),
-                ));
+        let bad = |m: String| Err(EngineError::InvalidSpec(format!("{}: {m}", self.name())));
+        let frac = |v: f64| v.is_finite() && v > 0.0;
+        match self {
+            MethodSpec::Source | MethodSpec::NormTest => {}
+            MethodSpec::NormAlpha { alpha } => {
+                if !(0.0..=1.0).contains(alpha) {
+                    return bad(format!("alpha must be in [0, 1], got {alpha}"));
+                }
+            }
+            MethodSpec::Tent {
+                optimizer, steps, ..
+            } => {
+                optimizer.validate()?;
+                if *steps == 0 {
+                    return bad("steps must be ≥ 1".into());
+                }
+            }
+            MethodSpec::Eata {
+                optimizer,
+                e_margin,
+                d_margin,
+                fisher_alpha,
+                fisher_size,
+                ..
+            } => {
+                optimizer.validate()?;
+                if !frac(*e_margin) || !frac(*d_margin) {
+                    return bad("e_margin and d_margin must be > 0".into());
+                }
+                if !(fisher_alpha.is_finite() && *fisher_alpha >= 0.0) {
+                    return bad(format!("fisher_alpha must be ≥ 0, got {fisher_alpha}"));
+                }
+                if *fisher_alpha > 0.0 && *fisher_size == 0 {
+                    return bad("fisher_size must be ≥ 1 when fisher_alpha > 0".into());
+                }
+            }
+            MethodSpec::Sar {
+                optimizer,
+                margin,
+                rho,
+                reset_constant,
+                ..
+            } => {
+                optimizer.validate()?;
+                if !frac(*margin) || !frac(*rho) || !(reset_constant.is_finite()) {
+                    return bad("margin and rho must be > 0, reset_constant finite".into());
+                }
+            }
+            MethodSpec::Deyo {
+                optimizer,
+                margin,
+                margin_e0,
+                plpd_threshold,
+                patch_len,
+                ..
+            } => {
+                optimizer.validate()?;
+                if !frac(*margin) || !frac(*margin_e0) || !plpd_threshold.is_finite() {
+                    return bad("margin and margin_e0 must be > 0".into());
+                }
+                if *patch_len < 2 {
+                    return bad(format!("patch_len must be ≥ 2, got {patch_len}"));
+                }
+            }
+            MethodSpec::Lame {
+                k,
+                max_steps,
+                bound_lambda,
+                ..
+            } => {
+                if *k == 0 || *max_steps == 0 {
+                    return bad("k and max_steps must be ≥ 1".into());
+                }
+                if !bound_lambda.is_finite() {
+                    return bad("bound_lambda must be finite".into());
+                }
             }
         }
         Ok(())
     }
 
-    /// Parse one entry of a spec's `methods` list (a name or a table).
+    /// Parse one entry of a spec's `methods` list (a name or a table). `crowds` is rewritten to
+    /// its base method (`base`, default `tent`) with `crowds = true`.
     pub fn from_value(v: serde_json::Value) -> Result<Self> {
-        let v = match v {
+        let mut v = match v {
             serde_json::Value::String(s) => serde_json::json!({ "method": s }),
             other => other,
         };
+        if let Some(obj) = v.as_object_mut() {
+            if obj.get("method").and_then(|m| m.as_str()) == Some("crowds") {
+                let base = match obj.remove("base") {
+                    None => "tent".to_string(),
+                    Some(serde_json::Value::String(b))
+                        if ["tent", "eata", "sar", "deyo"].contains(&b.as_str()) =>
+                    {
+                        b
+                    }
+                    Some(other) => {
+                        return Err(EngineError::InvalidSpec(format!(
+                            "crowds: base must be one of tent, eata, sar, deyo; got {other}"
+                        )))
+                    }
+                };
+                obj.insert("method".into(), base.into());
+                obj.insert("crowds".into(), true.into());
+            }
+        }
         serde_json::from_value(v).map_err(|e| {
             let msg = e.to_string();
             if msg.contains("unknown variant") {
-                crate::EngineError::unknown(
-                    "method",
-                    msg.split('`').nth(1).unwrap_or("?"),
-                    METHOD_NAMES,
-                )
+                EngineError::unknown("method", msg.split('`').nth(1).unwrap_or("?"), METHOD_NAMES)
             } else {
-                crate::EngineError::InvalidSpec(format!("method: {msg}"))
+                EngineError::InvalidSpec(format!("method: {msg}"))
             }
         })
     }
@@ -94,7 +355,7 @@ pub fn deserialize_methods<'de, D: serde::Deserializer<'de>>(
 
 /// What a method returns for one batch.
 pub struct BatchOutput {
-    /// Row-major (N × C) logits.
+    /// Row-major (N × C) logits (LAME: log-probabilities).
     pub logits: Vec<f32>,
     /// True when the method wanted to update but skipped it (non-finite loss or gradients).
     pub skipped_update: bool,
@@ -106,12 +367,34 @@ pub struct Counters {
     pub updates: u64,
     /// Updates skipped because the loss or a gradient was not finite.
     pub skipped_updates: u64,
+    /// Batches in which the method's sample filters kept nothing (no update, by design).
+    pub empty_batches: u64,
+    /// Samples that passed the method's filters and entered its loss.
+    pub samples_used: u64,
+    /// Resets the method decided on by itself (SAR's collapse reset).
+    pub self_resets: u64,
+}
+
+/// What a method may need besides its own model copy.
+pub struct MethodEnv<'a> {
+    /// Loads another copy of the source model (the crowds filter's reference, teachers).
+    pub load_source: &'a dyn Fn() -> Result<Model>,
+    /// Clean images of the source distribution (training split; EATA's Fisher information),
+    /// at least `MethodSpec::clean_samples()` of them when that is non-zero.
+    pub clean: Option<&'a ImageSet>,
+    /// Batch size of the job (EATA estimates the Fisher information in batches of this size).
+    pub batch_size: usize,
+    /// Seed for the method's own randomness (DeYO's patch shuffles).
+    pub seed: u64,
 }
 
 pub trait Method {
     /// Adapt on `x` (N, C, H, W) in [0, 1] as the method prescribes and predict it.
     fn adapt_and_predict(&mut self, x: &Tensor) -> Result<BatchOutput>;
-    /// Return to the initial state: weights, statistics, optimizer state, counters.
+    /// Predict `x` as the method currently stands, without adapting (forgetting checks).
+    fn predict(&mut self, x: &Tensor) -> Result<Vec<f32>>;
+    /// Return to the initial state: weights, statistics, optimizer state, moving averages,
+    /// counters.
     fn reset(&mut self) -> Result<()>;
     /// Names of the parameters the method changes (empty for frozen-weight methods).
     fn adapted_parameters(&self) -> Vec<String>;
@@ -120,14 +403,37 @@ pub trait Method {
 }
 
 /// Build a method around its own copy of the model.
-pub fn build(spec: &MethodSpec, model: Model) -> Result<Box<dyn Method>> {
+pub fn build(spec: &MethodSpec, model: Model, env: &MethodEnv) -> Result<Box<dyn Method>> {
     spec.validate()?;
+    let crowds = if spec.crowds() {
+        Some(filters::Crowds::new((env.load_source)()?))
+    } else {
+        None
+    };
     Ok(match spec {
         MethodSpec::Source => Box::new(frozen::FrozenWeights::source(model)),
         MethodSpec::NormTest => Box::new(frozen::FrozenWeights::norm_test(model)),
-        MethodSpec::Tent { optimizer, steps } => {
-            Box::new(tent::Tent::new(model, optimizer.clone(), *steps)?)
+        MethodSpec::NormAlpha { alpha } => {
+            Box::new(frozen::FrozenWeights::norm_alpha(model, *alpha))
         }
+        MethodSpec::Tent {
+            optimizer, steps, ..
+        } => Box::new(tent::Tent::new(model, optimizer.clone(), *steps, crowds)?),
+        MethodSpec::Eata { .. } => Box::new(eata::Eata::new(model, spec, crowds, env)?),
+        MethodSpec::Sar { .. } => Box::new(sar::Sar::new(model, spec, crowds)?),
+        MethodSpec::Deyo { .. } => Box::new(deyo::Deyo::new(model, spec, crowds, env.seed)?),
+        MethodSpec::Lame {
+            affinity,
+            k,
+            max_steps,
+            bound_lambda,
+        } => Box::new(lame::Lame::new(
+            model,
+            *affinity,
+            *k,
+            *max_steps,
+            *bound_lambda,
+        )),
     })
 }
 
@@ -136,5 +442,17 @@ pub(crate) fn host(logits: &Tensor) -> Result<Vec<f32>> {
     Ok(logits.flatten_all()?.to_vec1::<f32>()?)
 }
 
+/// Methods that normalize with batch statistics cannot work on a single sample.
+pub(crate) fn need_batch(name: &str, x: &Tensor) -> Result<()> {
+    if x.dim(0)? < 2 {
+        return Err(EngineError::InvalidSpec(format!(
+            "{name} normalizes with batch statistics and needs batch_size ≥ 2"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod reference_tests;
 #[cfg(test)]
 mod tests;

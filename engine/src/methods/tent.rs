@@ -2,8 +2,10 @@
 //! affine parameters (γ, β) are trained, to minimize the mean entropy of the predictions. One
 //! optimizer step per batch by default; the prediction returned is the output of the forward
 //! pass that computed the (last) loss, i.e. before that step's update, as in the official code.
+//! With `crowds`, only the samples that pass the wisdom-of-crowds filter enter the mean.
 
-use super::{host, BatchOutput, Counters, Method};
+use super::filters::{self, Crowds, Scores};
+use super::{host, need_batch, BatchOutput, Counters, Method};
 use crate::error::{EngineError, Result};
 use crate::losses;
 use crate::models::Model;
@@ -11,22 +13,23 @@ use crate::nn::{BnMode, Snapshot};
 use crate::optim::{Optimizer, OptimizerSpec};
 use candle_core::Tensor;
 
-pub struct Tent {
-    model: Model,
-    opt: Optimizer,
-    lr: f64,
-    steps: usize,
-    initial: Snapshot,
-    counters: Counters,
+/// A model whose BN affine parameters are trained by an optimizer, with the snapshot `reset`
+/// returns to: the common core of TENT, EATA, SAR and DeYO.
+pub(crate) struct AffineLearner {
+    pub model: Model,
+    pub opt: Optimizer,
+    pub lr: f64,
+    pub initial: Snapshot,
+    pub counters: Counters,
 }
 
-impl Tent {
-    pub fn new(model: Model, optimizer: OptimizerSpec, steps: usize) -> Result<Self> {
+impl AffineLearner {
+    pub fn new(model: Model, optimizer: OptimizerSpec, method: &str) -> Result<Self> {
         let n = model.store().set_trainable(|p| p.kind().is_norm_affine());
         if n == 0 {
-            return Err(EngineError::InvalidSpec(
-                "tent needs a model with BatchNorm layers".into(),
-            ));
+            return Err(EngineError::InvalidSpec(format!(
+                "{method} needs a model with BatchNorm layers"
+            )));
         }
         let lr = optimizer.lr();
         let opt = Optimizer::new(optimizer, model.store().trainable())?;
@@ -35,38 +38,92 @@ impl Tent {
             model,
             opt,
             lr,
-            steps,
             initial,
             counters: Counters::default(),
+        })
+    }
+
+    /// Backward `loss` and take one optimizer step; a non-finite loss or gradient skips it.
+    /// Returns true if the step was skipped.
+    pub fn step(&mut self, loss: &Tensor) -> Result<bool> {
+        let lv = loss.to_scalar::<f32>()?;
+        if !lv.is_finite() {
+            self.counters.skipped_updates += 1;
+            return Ok(true);
+        }
+        let grads = loss.backward()?;
+        if self.opt.step(&grads, self.lr)? {
+            self.counters.updates += 1;
+            Ok(false)
+        } else {
+            self.counters.skipped_updates += 1;
+            Ok(true)
+        }
+    }
+
+    pub fn reset(&mut self) -> Result<()> {
+        self.model.store().restore(&self.initial)?;
+        self.opt.reset();
+        self.counters = Counters::default();
+        Ok(())
+    }
+
+    pub fn adapted_parameters(&self) -> Vec<String> {
+        self.model
+            .store()
+            .trainable()
+            .iter()
+            .map(|p| p.name().to_string())
+            .collect()
+    }
+}
+
+pub struct Tent {
+    core: AffineLearner,
+    steps: usize,
+    crowds: Option<Crowds>,
+}
+
+impl Tent {
+    pub fn new(
+        model: Model,
+        optimizer: OptimizerSpec,
+        steps: usize,
+        crowds: Option<Crowds>,
+    ) -> Result<Self> {
+        Ok(Self {
+            core: AffineLearner::new(model, optimizer, "tent")?,
+            steps,
+            crowds,
         })
     }
 }
 
 impl Method for Tent {
     fn adapt_and_predict(&mut self, x: &Tensor) -> Result<BatchOutput> {
-        if x.dim(0)? < 2 {
-            return Err(EngineError::InvalidSpec(
-                "tent normalizes with batch statistics and needs batch_size ≥ 2".into(),
-            ));
-        }
+        need_batch("tent", x)?;
         let mut out = None;
         let mut skipped = false;
         for _ in 0..self.steps {
-            let logits = self.model.forward(x, BnMode::Batch)?;
-            let loss = losses::entropy(&logits)?.mean_all()?;
+            let logits = self.core.model.forward(x, BnMode::Batch)?;
             out = Some(host(&logits)?);
-            let lv = loss.to_scalar::<f32>()?;
-            if !lv.is_finite() {
-                skipped = true;
-                self.counters.skipped_updates += 1;
-                continue;
-            }
-            let grads = loss.backward()?;
-            if self.opt.step(&grads, self.lr)? {
-                self.counters.updates += 1;
-            } else {
-                skipped = true;
-                self.counters.skipped_updates += 1;
+            let ent = losses::entropy(&logits)?;
+            let loss = match &self.crowds {
+                None => {
+                    self.core.counters.samples_used += x.dim(0)? as u64;
+                    Some(ent.mean_all()?)
+                }
+                Some(c) => {
+                    let scores = Scores::of(&logits)?;
+                    let mut keep = vec![true; scores.len()];
+                    c.apply(x, &scores, &mut keep)?;
+                    self.core.counters.samples_used += keep.iter().filter(|&&k| k).count() as u64;
+                    filters::masked_mean(&ent, &keep, None)?
+                }
+            };
+            match loss {
+                Some(l) => skipped |= self.core.step(&l)?,
+                None => self.core.counters.empty_batches += 1,
             }
         }
         Ok(BatchOutput {
@@ -75,27 +132,24 @@ impl Method for Tent {
         })
     }
 
+    fn predict(&mut self, x: &Tensor) -> Result<Vec<f32>> {
+        need_batch("tent", x)?;
+        host(&self.core.model.forward(x, BnMode::Batch)?)
+    }
+
     fn reset(&mut self) -> Result<()> {
-        self.model.store().restore(&self.initial)?;
-        self.opt.reset();
-        self.counters = Counters::default();
-        Ok(())
+        self.core.reset()
     }
 
     fn adapted_parameters(&self) -> Vec<String> {
-        self.model
-            .store()
-            .trainable()
-            .iter()
-            .map(|p| p.name().to_string())
-            .collect()
+        self.core.adapted_parameters()
     }
 
     fn counters(&self) -> Counters {
-        self.counters
+        self.core.counters
     }
 
     fn model(&self) -> &Model {
-        &self.model
+        &self.core.model
     }
 }

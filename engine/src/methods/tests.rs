@@ -30,6 +30,40 @@ fn tiny_model(seed: u64) -> Model {
     m
 }
 
+/// Clean "source" images for EATA's Fisher information.
+fn clean_set() -> &'static crate::data::ImageSet {
+    static SET: std::sync::OnceLock<crate::data::ImageSet> = std::sync::OnceLock::new();
+    SET.get_or_init(|| {
+        let x = batch(64, 900)
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        crate::data::ImageSet {
+            images: x.iter().map(|v| (v * 255.0).round() as u8).collect(),
+            labels: (0..64).map(|i| (i % 5) as u8).collect(),
+            height: 12,
+            width: 12,
+        }
+    })
+}
+
+/// The environment of a method built on `tiny_model(seed)`.
+fn env(seed: u64) -> MethodEnv<'static> {
+    let load: &'static (dyn Fn() -> Result<Model> + 'static) =
+        Box::leak(Box::new(move || Ok(tiny_model(seed))));
+    MethodEnv {
+        load_source: load,
+        clean: Some(clean_set()),
+        batch_size: 16,
+        seed: 11,
+    }
+}
+
+fn mk(spec: &MethodSpec, seed: u64) -> Box<dyn Method> {
+    build(spec, tiny_model(seed), &env(seed)).unwrap()
+}
+
 /// Images in [0, 1].
 fn batch(n: usize, seed: u64) -> Tensor {
     randn(&[n, 1, 12, 12], seed)
@@ -61,7 +95,7 @@ fn norm_test_equals_source_when_batch_stats_equal_running_stats() {
         let s = bn.last_batch_stats().unwrap();
         bn.set_running_stats(s.mean, s.var);
     }
-    let source = build(&MethodSpec::Source, m)
+    let source = build(&MethodSpec::Source, m, &env(1))
         .unwrap()
         .adapt_and_predict(&x)
         .unwrap()
@@ -78,13 +112,11 @@ fn norm_test_equals_source_when_batch_stats_equal_running_stats() {
 #[test]
 fn norm_test_differs_from_source_on_ordinary_statistics() {
     let x = batch(8, 2);
-    let a = build(&MethodSpec::Source, tiny_model(1))
-        .unwrap()
+    let a = mk(&MethodSpec::Source, 1)
         .adapt_and_predict(&x)
         .unwrap()
         .logits;
-    let b = build(&MethodSpec::NormTest, tiny_model(1))
-        .unwrap()
+    let b = mk(&MethodSpec::NormTest, 1)
         .adapt_and_predict(&x)
         .unwrap()
         .logits;
@@ -94,7 +126,7 @@ fn norm_test_differs_from_source_on_ordinary_statistics() {
 #[test]
 fn source_predictions_do_not_depend_on_batch_size() {
     let x = batch(6, 3);
-    let mut m = build(&MethodSpec::Source, tiny_model(1)).unwrap();
+    let mut m = mk(&MethodSpec::Source, 1);
     let all = m.adapt_and_predict(&x).unwrap().logits;
     for i in 0..6 {
         let one = m
@@ -111,12 +143,13 @@ fn tent() -> MethodSpec {
     MethodSpec::Tent {
         optimizer: OptimizerSpec::tent_default(),
         steps: 1,
+        crowds: false,
     }
 }
 
 #[test]
 fn tent_changes_exactly_the_bn_affine_parameters() {
-    let mut m = build(&tent(), tiny_model(4)).unwrap();
+    let mut m = mk(&tent(), 4);
     let before = values(m.model());
     m.adapt_and_predict(&batch(16, 5)).unwrap();
     let after = values(m.model());
@@ -160,7 +193,7 @@ fn tent_changes_exactly_the_bn_affine_parameters() {
 fn tent_prediction_comes_from_the_forward_pass_before_the_update() {
     let x = batch(16, 5);
     let expect = host(&tiny_model(4).forward(&x, BnMode::Batch).unwrap()).unwrap();
-    let mut m = build(&tent(), tiny_model(4)).unwrap();
+    let mut m = mk(&tent(), 4);
     assert_eq!(m.adapt_and_predict(&x).unwrap().logits, expect);
     // The second call sees the updated parameters.
     assert_ne!(m.adapt_and_predict(&x).unwrap().logits, expect);
@@ -171,15 +204,16 @@ fn tent_lowers_the_entropy_of_a_repeated_batch() {
     let x = batch(32, 6);
     let spec = MethodSpec::Tent {
         optimizer: OptimizerSpec::Adam {
-            lr: 1e-2,
+            lr: 5e-2,
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
             weight_decay: 0.0,
         },
         steps: 1,
+        crowds: false,
     };
-    let mut m = build(&spec, tiny_model(7)).unwrap();
+    let mut m = mk(&spec, 7);
     let ent = |l: &[f32]| -> f64 {
         l.chunks(5)
             .map(|r| {
@@ -189,7 +223,7 @@ fn tent_lowers_the_entropy_of_a_repeated_batch() {
             .sum::<f64>()
     };
     let first = ent(&m.adapt_and_predict(&x).unwrap().logits);
-    for _ in 0..20 {
+    for _ in 0..30 {
         m.adapt_and_predict(&x).unwrap();
     }
     let last = ent(&m.adapt_and_predict(&x).unwrap().logits);
@@ -198,7 +232,7 @@ fn tent_lowers_the_entropy_of_a_repeated_batch() {
 
 #[test]
 fn nan_batch_skips_the_update_and_keeps_weights_finite() {
-    let mut m = build(&tent(), tiny_model(4)).unwrap();
+    let mut m = mk(&tent(), 4);
     let before = values(m.model());
     let x = (batch(8, 5) * f64::NAN).unwrap();
     let out = m.adapt_and_predict(&x).unwrap();
@@ -208,7 +242,9 @@ fn nan_batch_skips_the_update_and_keeps_weights_finite() {
         m.counters(),
         Counters {
             updates: 0,
-            skipped_updates: 1
+            skipped_updates: 1,
+            samples_used: 8,
+            ..Default::default()
         }
     );
     assert!(!m.model().store().has_non_finite().unwrap());
@@ -219,7 +255,7 @@ fn nan_batch_skips_the_update_and_keeps_weights_finite() {
 #[test]
 fn reset_restores_everything_so_episodic_equals_fresh() {
     let (x1, x2) = (batch(16, 8), batch(16, 9));
-    let mut m = build(&tent(), tiny_model(4)).unwrap();
+    let mut m = mk(&tent(), 4);
     let initial = values(m.model());
     m.adapt_and_predict(&x1).unwrap();
     m.adapt_and_predict(&x1).unwrap();
@@ -229,7 +265,7 @@ fn reset_restores_everything_so_episodic_equals_fresh() {
     // After reset the method behaves exactly like a fresh one, optimizer moments included.
     let a = m.adapt_and_predict(&x2).unwrap().logits;
     let a2 = m.adapt_and_predict(&x2).unwrap().logits;
-    let mut fresh = build(&tent(), tiny_model(4)).unwrap();
+    let mut fresh = mk(&tent(), 4);
     assert_eq!(fresh.adapt_and_predict(&x2).unwrap().logits, a);
     assert_eq!(fresh.adapt_and_predict(&x2).unwrap().logits, a2);
 }
@@ -237,7 +273,7 @@ fn reset_restores_everything_so_episodic_equals_fresh() {
 #[test]
 fn batch_statistics_methods_refuse_batch_size_one() {
     for spec in [MethodSpec::NormTest, tent()] {
-        let mut m = build(&spec, tiny_model(1)).unwrap();
+        let mut m = mk(&spec, 1);
         let err = m.adapt_and_predict(&batch(1, 1)).err().unwrap().to_string();
         assert!(err.contains("batch"), "{err}");
     }
@@ -258,7 +294,8 @@ fn method_names_parse_from_strings_and_tables() {
         t,
         MethodSpec::Tent {
             optimizer: OptimizerSpec::tent_default(),
-            steps: 2
+            steps: 2,
+            crowds: false
         }
     );
     let e = MethodSpec::from_value(serde_json::json!("tnet"))
@@ -266,7 +303,7 @@ fn method_names_parse_from_strings_and_tables() {
         .to_string();
     assert_eq!(
         e,
-        "unknown method `tnet`; valid names: source, norm_test, tent"
+        "unknown method `tnet`; valid names: source, norm_test, norm_alpha, tent, eata, sar, deyo, crowds, lame"
     );
     let e = MethodSpec::from_value(serde_json::json!({"method": "tent", "lr": 0.1}))
         .unwrap_err()
@@ -275,4 +312,188 @@ fn method_names_parse_from_strings_and_tables() {
         e.contains("unknown field `lr`") && e.contains("optimizer"),
         "{e}"
     );
+}
+
+fn all_specs() -> Vec<MethodSpec> {
+    [
+        "source",
+        "norm_test",
+        "norm_alpha",
+        "tent",
+        "eata",
+        "sar",
+        "deyo",
+        "crowds",
+        "lame",
+    ]
+    .iter()
+    .map(|n| MethodSpec::from_value(serde_json::json!(n)).unwrap())
+    .chain([
+        MethodSpec::from_value(serde_json::json!({"method": "crowds", "base": "eata"})).unwrap(),
+        // A large step so that SAR's updates are visible in a few batches.
+        MethodSpec::from_value(serde_json::json!({
+            "method": "sar", "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9}
+        }))
+        .unwrap(),
+    ])
+    .collect()
+}
+
+#[test]
+fn every_method_resets_all_side_state_so_episodic_equals_fresh() {
+    let (x1, x2, x3) = (batch(16, 20), batch(16, 21), batch(16, 22));
+    for spec in all_specs() {
+        let mut m = mk(&spec, 4);
+        let initial = values(m.model());
+        m.adapt_and_predict(&x1).unwrap();
+        m.adapt_and_predict(&x2).unwrap();
+        m.reset().unwrap();
+        assert_eq!(values(m.model()), initial, "{}", spec.label());
+        assert_eq!(m.counters(), Counters::default(), "{}", spec.label());
+        let a = (
+            m.adapt_and_predict(&x2).unwrap().logits,
+            m.adapt_and_predict(&x3).unwrap().logits,
+        );
+        let mut fresh = mk(&spec, 4);
+        let b = (
+            fresh.adapt_and_predict(&x2).unwrap().logits,
+            fresh.adapt_and_predict(&x3).unwrap().logits,
+        );
+        assert_eq!(a, b, "{}: after reset ≠ fresh", spec.label());
+    }
+}
+
+#[test]
+fn adapting_methods_change_only_bn_affine_parameters_and_do_change_them() {
+    // Sharper classifier so the entropy filters keep samples on the tiny random model.
+    for spec in all_specs() {
+        let mut m = mk(&spec, 4);
+        let fc_scale = 8.0;
+        for p in m.model().store().params() {
+            if p.name().starts_with("fc.") {
+                p.var()
+                    .set(&(p.var().as_tensor() * fc_scale).unwrap())
+                    .unwrap();
+            }
+        }
+        let before = values(m.model());
+        for s in 0..3 {
+            m.adapt_and_predict(&batch(32, 30 + s)).unwrap();
+        }
+        let after = values(m.model());
+        let adapted = m.adapted_parameters();
+        let frozen = matches!(
+            spec,
+            MethodSpec::Source
+                | MethodSpec::NormTest
+                | MethodSpec::NormAlpha { .. }
+                | MethodSpec::Lame { .. }
+        );
+        assert_eq!(adapted.is_empty(), frozen, "{}", spec.label());
+        for ((name, b), (_, a)) in before.iter().zip(&after) {
+            if adapted.contains(name) {
+                assert_ne!(b, a, "{}: {name} should change", spec.label());
+                assert!(name.contains(".bn."), "{name}");
+            } else {
+                assert_eq!(b, a, "{}: {name} must not change", spec.label());
+            }
+        }
+        if !frozen {
+            assert!(m.counters().updates > 0, "{}", spec.label());
+        }
+    }
+}
+
+#[test]
+fn a_batch_with_every_sample_filtered_changes_nothing_and_gives_no_nan() {
+    let tiny = serde_json::json!(1e-9);
+    for v in [
+        serde_json::json!({"method": "eata", "e_margin": tiny}),
+        serde_json::json!({"method": "sar", "margin": tiny}),
+        serde_json::json!({"method": "deyo", "margin": tiny}),
+        serde_json::json!({"method": "deyo", "plpd_threshold": 2.0}),
+    ] {
+        let spec = MethodSpec::from_value(v).unwrap();
+        let mut m = mk(&spec, 4);
+        let before = values(m.model());
+        let out = m.adapt_and_predict(&batch(16, 40)).unwrap();
+        assert!(out.logits.iter().all(|v| v.is_finite()));
+        assert!(!out.skipped_update);
+        assert_eq!(values(m.model()), before, "{spec:?}");
+        let c = m.counters();
+        assert_eq!(
+            (c.updates, c.empty_batches, c.samples_used),
+            (0, 1, 0),
+            "{spec:?}"
+        );
+    }
+}
+
+#[test]
+fn entropy_margins_come_from_the_class_count() {
+    // 5 classes: EATA's filter is 0.4·ln 5 = 0.6438 nats. A sample with entropy between
+    // 0.4·ln 5 and 0.4·ln 1000 = 2.76 (the hard-coded ImageNet value) must be dropped.
+    assert!((filters::ln_classes(5) * 0.4 - 0.643_775_2).abs() < 1e-6);
+    let spec =
+        MethodSpec::from_value(serde_json::json!({"method": "eata", "fisher_alpha": 0})).unwrap();
+    let mut m = mk(&spec, 4); // the random tiny model is unsure: entropies near ln 5 = 1.61
+    m.adapt_and_predict(&batch(16, 41)).unwrap();
+    assert_eq!(m.counters().samples_used, 0);
+}
+
+#[test]
+fn sar_resets_itself_when_the_loss_average_collapses() {
+    let spec = MethodSpec::from_value(serde_json::json!({
+        "method": "sar", "margin": 1.0, "reset_constant": 100.0
+    }))
+    .unwrap();
+    let mut m = mk(&spec, 4);
+    let initial = values(m.model());
+    m.adapt_and_predict(&batch(16, 42)).unwrap();
+    // The step was taken, then the EMA (< 100) triggered the reset to the source weights.
+    assert_eq!(m.counters().self_resets, 1);
+    assert_eq!(m.counters().updates, 1);
+    assert_eq!(values(m.model()), initial);
+}
+
+#[test]
+fn lame_and_norm_alpha_accept_a_single_sample() {
+    for name in ["lame", "norm_alpha", "source"] {
+        let spec = MethodSpec::from_value(serde_json::json!(name)).unwrap();
+        let out = mk(&spec, 1).adapt_and_predict(&batch(1, 43)).unwrap();
+        assert_eq!(out.logits.len(), 5);
+        assert!(out.logits.iter().all(|v| v.is_finite()));
+    }
+    // LAME on one sample: only its self-affinity (1, as in the official RBF kernel) remains,
+    // which sharpens the prediction without changing the class.
+    let x = batch(1, 43);
+    let p = host(&tiny_model(1).forward(&x, BnMode::Eval).unwrap()).unwrap();
+    let l = mk(
+        &MethodSpec::from_value(serde_json::json!("lame")).unwrap(),
+        1,
+    )
+    .adapt_and_predict(&x)
+    .unwrap()
+    .logits;
+    let argmax = |v: &[f32]| (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b });
+    assert_eq!(argmax(&l), argmax(&p));
+}
+
+#[test]
+fn crowds_names_and_bad_bases() {
+    let c = MethodSpec::from_value(serde_json::json!("crowds")).unwrap();
+    assert_eq!(c.label(), "tent+crowds");
+    let e = MethodSpec::from_value(serde_json::json!({"method": "crowds", "base": "lame"}))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("base must be one of tent, eata, sar, deyo"),
+        "{e}"
+    );
+    let e = MethodSpec::from_value(serde_json::json!({"method": "norm_alpha", "alpha": 2.0}))
+        .unwrap()
+        .validate()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("alpha must be in [0, 1]"), "{e}");
 }
