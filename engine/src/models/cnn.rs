@@ -51,7 +51,7 @@ impl Cnn {
     pub fn forward_features(&self, x: &Tensor, mode: BnMode) -> Result<(Tensor, Tensor)> {
         let mut h = x.clone();
         for ((conv, bn), pool) in self.blocks.iter().zip(&self.pool_after) {
-            h = bn.forward(&conv.forward(&h)?, mode)?.relu()?;
+            h = bn.forward_conv(conv, &h, mode, true)?;
             if *pool {
                 h = max_pool2d(&h, 2)?;
             }
