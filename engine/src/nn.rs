@@ -455,29 +455,33 @@ impl BatchNorm {
         Ok(y)
     }
 
-    /// `conv` then this BatchNorm (then ReLU if `relu`) as one fused op (see `ops::fused`):
-    /// the same values and gradients as `forward(&conv.forward(x)?, mode)` (+ `relu()`), and
-    /// the same running-statistic updates, with far fewer passes over the activations.
+    /// `conv`, then this BatchNorm, then ReLU if `relu`, then a `pool`×`pool` max-pool if
+    /// `pool` > 1, as one fused op (see `ops::fused`): the same values and gradients as
+    /// `max_pool2d(forward(&conv.forward(x)?, mode)?.relu()?, pool)`, and the same
+    /// running-statistic updates, with far fewer passes over the activations.
     pub fn forward_conv(
         &self,
         conv: &Conv2d,
         x: &Tensor,
         mode: BnMode,
         relu: bool,
+        pool: usize,
     ) -> Result<Tensor> {
         let (rm, rv) = (self.running_mean.get(), self.running_var.get());
-        let use_batch = mode != BnMode::Eval;
         let (y, stats) = ops::conv_bn(
             x,
             &conv.weight.t(),
             &self.weight.t(),
             &self.bias.t(),
-            (conv.stride, conv.padding),
             (&rm, &rv),
-            use_batch,
-            mode.batch_weight(),
-            self.eps,
-            relu,
+            (mode != BnMode::Eval).then(|| mode.batch_weight()),
+            ops::ConvBnCfg {
+                stride: conv.stride,
+                padding: conv.padding,
+                eps: self.eps,
+                relu,
+                pool,
+            },
         )?;
         if let Some(stats) = stats {
             self.record(stats, mode, &rm, &rv);

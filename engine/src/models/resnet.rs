@@ -44,10 +44,10 @@ impl Block {
     }
 
     fn forward(&self, x: &Tensor, mode: BnMode) -> Result<Tensor> {
-        let h = self.bn1.forward_conv(&self.conv1, x, mode, true)?;
-        let h = self.bn2.forward_conv(&self.conv2, &h, mode, false)?;
+        let h = self.bn1.forward_conv(&self.conv1, x, mode, true, 1)?;
+        let h = self.bn2.forward_conv(&self.conv2, &h, mode, false, 1)?;
         let s = match &self.shortcut {
-            Some((c, b)) => b.forward_conv(c, x, mode, false)?,
+            Some((c, b)) => b.forward_conv(c, x, mode, false, 1)?,
             None => x.clone(),
         };
         Ok(ops::add_relu(&h, &s)?)
@@ -103,7 +103,7 @@ impl ResNet {
     }
 
     pub fn forward_features(&self, x: &Tensor, mode: BnMode) -> Result<(Tensor, Tensor)> {
-        let mut h = self.stem_bn.forward_conv(&self.stem, x, mode, true)?;
+        let mut h = self.stem_bn.forward_conv(&self.stem, x, mode, true, 1)?;
         for b in &self.blocks {
             h = b.forward(&h, mode)?;
         }

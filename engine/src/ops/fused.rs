@@ -30,14 +30,21 @@ use std::sync::{Arc, Mutex};
 struct Saved {
     /// The convolution output (pre-normalization), kept only when a gradient is needed.
     z: Vec<f32>,
+    /// With pooling: per pooled output, the position of the window's first maximum
+    /// (`i·k + j`), or [`NO_GRAD`] when the maximum is a ReLU zero (no gradient passes).
+    arg: Vec<u8>,
     nm: BnNormalizer,
     stats: Option<BnStats>,
 }
+
+const NO_GRAD: u8 = u8::MAX;
 
 struct ConvBnOp {
     stride: usize,
     pad: usize,
     relu: bool,
+    /// Max-pool kernel (= stride) after the activation; 1 = none.
+    pool: usize,
     fixed_mean: Vec<f32>,
     fixed_var: Vec<f32>,
     use_batch: bool,
@@ -84,14 +91,116 @@ fn scale_shift(nm: &BnNormalizer, gamma: &[f32], beta: &[f32]) -> (Vec<f32>, Vec
     (scale, shift)
 }
 
+/// ReLU that propagates NaN, as PyTorch's does.
+#[inline(always)]
+fn relu_f(v: f32) -> f32 {
+    if v < 0.0 {
+        0.0
+    } else {
+        v
+    }
+}
+
 fn epilogue(dst: &mut [f32], src: &[f32], scale: f32, shift: f32, relu: bool) {
     if relu {
         for (d, s) in dst.iter_mut().zip(src) {
-            *d = (s * scale + shift).max(0.0);
+            *d = relu_f(s * scale + shift);
         }
     } else {
         for (d, s) in dst.iter_mut().zip(src) {
             *d = s * scale + shift;
+        }
+    }
+}
+
+/// Σ and Σ² of a slice, in f32 over 8 lanes (vectorized), returned in f64. The planes summed
+/// here hold at most a few thousand values; planes are then added in f64.
+fn sum_sq(v: &[f32]) -> (f64, f64) {
+    let (mut s, mut q) = ([0f32; 8], [0f32; 8]);
+    let chunks = v.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..8 {
+            s[i] += c[i];
+            q[i] += c[i] * c[i];
+        }
+    }
+    let (mut s, mut q) = (
+        s.iter().map(|v| *v as f64).sum::<f64>(),
+        q.iter().map(|v| *v as f64).sum::<f64>(),
+    );
+    for v in rest {
+        s += *v as f64;
+        q += (*v as f64) * (*v as f64);
+    }
+    (s, q)
+}
+
+/// Σg and Σg·(z − m) over a plane, g = dy masked by y > 0 (when `relu`); 8 f32 lanes.
+fn grad_sums(dy: &[f32], y: &[f32], z: &[f32], m: f32, relu: bool) -> (f64, f64) {
+    let (mut s, mut t) = ([0f32; 8], [0f32; 8]);
+    let n = dy.len() / 8 * 8;
+    for i in (0..n).step_by(8) {
+        for l in 0..8 {
+            let gv = if relu && !(y[i + l] > 0.0) {
+                0.0
+            } else {
+                dy[i + l]
+            };
+            s[l] += gv;
+            t[l] += gv * (z[i + l] - m);
+        }
+    }
+    let (mut s, mut t) = (
+        s.iter().map(|v| *v as f64).sum::<f64>(),
+        t.iter().map(|v| *v as f64).sum::<f64>(),
+    );
+    for i in n..dy.len() {
+        let gv = if relu && !(y[i] > 0.0) { 0.0 } else { dy[i] };
+        s += gv as f64;
+        t += (gv * (z[i] - m)) as f64;
+    }
+    (s, t)
+}
+
+/// Normalize (+ ReLU) one conv output plane (ho × wo) and max-pool it with a k×k window and
+/// stride k (floor mode): `yp` gets the pooled plane, `arg` (if given) the first maximum of each
+/// window, or NO_GRAD where that maximum is a ReLU zero.
+#[allow(clippy::too_many_arguments)]
+fn pool_plane(
+    zp: &[f32],
+    (ho, wo, k): (usize, usize, usize),
+    scale: f32,
+    shift: f32,
+    relu: bool,
+    yp: &mut [f32],
+    mut arg: Option<&mut [u8]>,
+) {
+    let (hp, wp) = (ho / k, wo / k);
+    for oh in 0..hp {
+        for ow in 0..wp {
+            let base = oh * k * wo + ow * k;
+            let mut best = zp[base] * scale + shift;
+            let mut bi = 0usize;
+            for i in 0..k {
+                for j in 0..k {
+                    let v = zp[base + i * wo + j] * scale + shift;
+                    // `>` keeps the first maximum; NaN wins like PyTorch.
+                    if v > best || (v.is_nan() && !best.is_nan()) {
+                        best = v;
+                        bi = i * k + j;
+                    }
+                }
+            }
+            let out = if relu { relu_f(best) } else { best };
+            yp[oh * wp + ow] = out;
+            if let Some(a) = arg.as_deref_mut() {
+                a[oh * wp + ow] = if relu && !(out > 0.0) {
+                    NO_GRAD
+                } else {
+                    bi as u8
+                };
+            }
         }
     }
 }
@@ -106,7 +215,17 @@ impl ConvBnOp {
                 self.fixed_mean.len()
             );
         }
+        if self.pool > 1 && (self.pool * self.pool > NO_GRAD as usize || g.ho < self.pool) {
+            candle_core::bail!("conv_bn: pool {} on a {}×{} map", self.pool, g.ho, g.wo);
+        }
         Ok(g)
+    }
+
+    /// (pooled plane length, pooled height, pooled width).
+    fn pooled(&self, g: &Geometry) -> (usize, usize, usize) {
+        let k = self.pool.max(1);
+        let (hp, wp) = (g.ho / k, g.wo / k);
+        (hp * wp, hp, wp)
     }
 }
 
@@ -132,24 +251,37 @@ impl CustomOp3 for ConvBnOp {
         }
         let (gamma, beta) = gb.split_at(o);
         let cols_len = if g.pointwise() { 0 } else { g.ck() * hw };
-        let shape = Shape::from((g.b, o, g.ho, g.wo));
-        let mut y = vec![0f32; g.b * g.out_len()];
+        let (plen, hp, wp) = self.pooled(&g);
+        let pooling = self.pool > 1;
+        let dims = (g.ho, g.wo, self.pool);
+        let shape = Shape::from((g.b, o, hp, wp));
+        let mut y = vec![0f32; g.b * o * plen];
         if !self.use_batch && !self.keep {
-            // Fixed statistics, no gradient: affine + ReLU right after each image's GEMM.
+            // Fixed statistics, no gradient: affine + ReLU (+ pool) right after each GEMM.
             let nm = BnNormalizer::new(&self.fixed_mean, &self.fixed_var, None, 0.0, self.eps);
             let (scale, shift) = scale_shift(&nm, gamma, beta);
-            y.par_chunks_mut(g.out_len())
+            let zlen = if pooling { g.out_len() } else { 0 };
+            y.par_chunks_mut(o * plen)
                 .zip(x.par_chunks(g.in_len()))
                 .for_each_init(
-                    || vec![0f32; cols_len],
-                    |cols, (yb, xb)| {
-                        conv_image(&g, xb, w, cols, yb);
-                        for c in 0..o {
-                            let p = &mut yb[c * hw..(c + 1) * hw];
-                            for v in p.iter_mut() {
-                                *v = *v * scale[c] + shift[c];
-                                if self.relu {
-                                    *v = v.max(0.0);
+                    || (vec![0f32; cols_len], vec![0f32; zlen]),
+                    |(cols, zb), (yb, xb)| {
+                        if pooling {
+                            conv_image(&g, xb, w, cols, zb);
+                            for c in 0..o {
+                                let zp = &zb[c * hw..(c + 1) * hw];
+                                let yp = &mut yb[c * plen..(c + 1) * plen];
+                                pool_plane(zp, dims, scale[c], shift[c], self.relu, yp, None);
+                            }
+                        } else {
+                            conv_image(&g, xb, w, cols, yb);
+                            for c in 0..o {
+                                let p = &mut yb[c * hw..(c + 1) * hw];
+                                for v in p.iter_mut() {
+                                    *v = *v * scale[c] + shift[c];
+                                    if self.relu {
+                                        *v = relu_f(*v);
+                                    }
                                 }
                             }
                         }
@@ -157,6 +289,7 @@ impl CustomOp3 for ConvBnOp {
                 );
             *self.saved.lock().expect("conv_bn lock") = Some(Saved {
                 z: vec![],
+                arg: vec![],
                 nm,
                 stats: None,
             });
@@ -175,13 +308,7 @@ impl CustomOp3 for ConvBnOp {
                     conv_image(&g, xb, w, cols, zb);
                     if use_batch {
                         for (c, p) in pb.iter_mut().enumerate() {
-                            let (mut s, mut q) = (0f64, 0f64);
-                            for v in &zb[c * hw..(c + 1) * hw] {
-                                let v = *v as f64;
-                                s += v;
-                                q += v * v;
-                            }
-                            *p = (s, q);
+                            *p = sum_sq(&zb[c * hw..(c + 1) * hw]);
                         }
                     }
                 },
@@ -213,15 +340,35 @@ impl CustomOp3 for ConvBnOp {
             self.eps,
         );
         let (scale, shift) = scale_shift(&nm, gamma, beta);
-        y.par_chunks_mut(hw)
-            .zip(z.par_chunks(hw))
-            .enumerate()
-            .for_each(|(i, (yp, zp))| {
-                let c = i % o;
-                epilogue(yp, zp, scale[c], shift[c], self.relu)
-            });
+        let mut arg = vec![0u8; if pooling && self.keep { y.len() } else { 0 }];
+        if pooling {
+            let keep = self.keep;
+            let mut args: Vec<&mut [u8]> = if keep {
+                arg.chunks_mut(plen).collect()
+            } else {
+                (0..g.b * o).map(|_| <&mut [u8]>::default()).collect()
+            };
+            y.par_chunks_mut(plen)
+                .zip(z.par_chunks(hw))
+                .zip(args.par_iter_mut())
+                .enumerate()
+                .for_each(|(i, ((yp, zp), ap))| {
+                    let c = i % o;
+                    let a = if keep { Some(&mut **ap) } else { None };
+                    pool_plane(zp, dims, scale[c], shift[c], self.relu, yp, a);
+                });
+        } else {
+            y.par_chunks_mut(hw)
+                .zip(z.par_chunks(hw))
+                .enumerate()
+                .for_each(|(i, (yp, zp))| {
+                    let c = i % o;
+                    epilogue(yp, zp, scale[c], shift[c], self.relu)
+                });
+        }
         *self.saved.lock().expect("conv_bn lock") = Some(Saved {
             z: if self.keep { z } else { vec![] },
+            arg,
             nm,
             stats,
         });
@@ -242,8 +389,16 @@ impl CustomOp3 for ConvBnOp {
             Some(s) if !s.z.is_empty() || g.b * g.out_len() == 0 => s,
             _ => candle_core::bail!("conv_bn: backward through a forward that kept no state"),
         };
-        let (z, nm) = (&saved.z, &saved.nm);
+        let (z, nm, arg) = (&saved.z, &saved.nm, &saved.arg);
         let (o, hw, ck) = (g.o, g.hw_out(), g.ck());
+        let (plen, _, wp) = self.pooled(&g);
+        let (k, wo) = (self.pool, g.wo);
+        let pooling = k > 1;
+        // Position in the conv output plane of pooled output p with window code a.
+        let pos = |p: usize, a: u8| {
+            let (oh, ow) = (p / wp, p % wp);
+            (oh * k + a as usize / k) * wo + ow * k + a as usize % k
+        };
         let gamma = gb.get(0)?.to_vec1::<f32>()?;
         let relu = self.relu;
         let (x_tr, w_tr) = (x.track_op(), w.track_op());
@@ -253,15 +408,24 @@ impl CustomOp3 for ConvBnOp {
                 let mut partial = vec![(0f64, 0f64); g.b * o];
                 partial.par_chunks_mut(o).enumerate().for_each(|(b, pb)| {
                     for (c, p) in pb.iter_mut().enumerate() {
-                        let r = (b * o + c) * hw..(b * o + c + 1) * hw;
+                        let plane = b * o + c;
+                        let zp = &z[plane * hw..(plane + 1) * hw];
                         let mc = nm.mean[c];
-                        let (mut s, mut t) = (0f64, 0f64);
-                        for ((d, y), zv) in dyv[r.clone()].iter().zip(&yv[r.clone()]).zip(&z[r]) {
-                            let gv = if relu && *y <= 0.0 { 0.0 } else { *d };
-                            s += gv as f64;
-                            t += (gv * (zv - mc)) as f64;
-                        }
-                        *p = (s, t);
+                        *p = if pooling {
+                            let (mut s, mut t) = (0f64, 0f64);
+                            let ap = &arg[plane * plen..(plane + 1) * plen];
+                            let dp = &dyv[plane * plen..(plane + 1) * plen];
+                            for (q, (&a, &d)) in ap.iter().zip(dp).enumerate() {
+                                if a != NO_GRAD {
+                                    s += d as f64;
+                                    t += (d * (zp[pos(q, a)] - mc)) as f64;
+                                }
+                            }
+                            (s, t)
+                        } else {
+                            let r = plane * hw..(plane + 1) * hw;
+                            grad_sums(&dyv[r.clone()], &yv[r], zp, mc, relu)
+                        };
                     }
                 });
                 let (mut sdy, mut sdyx) = (vec![0f64; o], vec![0f64; o]);
@@ -290,17 +454,29 @@ impl CustomOp3 for ConvBnOp {
                     })
                     .collect();
                 let dz_image = |b: usize, dzb: &mut [f32]| {
-                    for (c, &(k, c1, c2, mb)) in coef.iter().enumerate() {
-                        let r = (b * o + c) * hw..(b * o + c + 1) * hw;
+                    for (c, &(kc, c1, c2, mb)) in coef.iter().enumerate() {
+                        let plane = b * o + c;
+                        let zp = &z[plane * hw..(plane + 1) * hw];
                         let dst = &mut dzb[c * hw..(c + 1) * hw];
-                        for (((d, dv), y), zv) in dst
-                            .iter_mut()
-                            .zip(&dyv[r.clone()])
-                            .zip(&yv[r.clone()])
-                            .zip(&z[r])
-                        {
-                            let gv = if relu && *y <= 0.0 { 0.0 } else { *dv };
-                            *d = k * (gv - c1 - (zv - mb) * c2);
+                        if pooling {
+                            for (d, zv) in dst.iter_mut().zip(zp) {
+                                *d = -kc * (c1 + (zv - mb) * c2);
+                            }
+                            let ap = &arg[plane * plen..(plane + 1) * plen];
+                            let dp = &dyv[plane * plen..(plane + 1) * plen];
+                            for (q, (&a, &dv)) in ap.iter().zip(dp).enumerate() {
+                                if a != NO_GRAD {
+                                    dst[pos(q, a)] += kc * dv;
+                                }
+                            }
+                        } else {
+                            let r = plane * hw..(plane + 1) * hw;
+                            for (((d, dv), y), zv) in
+                                dst.iter_mut().zip(&dyv[r.clone()]).zip(&yv[r]).zip(zp)
+                            {
+                                let gv = if relu && !(*y > 0.0) { 0.0 } else { *dv };
+                                *d = kc * (gv - c1 - (zv - mb) * c2);
+                            }
                         }
                     }
                 };
@@ -391,57 +567,68 @@ impl CustomOp3 for ConvBnOp {
     }
 }
 
+/// The fixed shape of a fused conv → BN (→ ReLU) (→ max-pool) layer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ConvBnCfg {
+    pub stride: usize,
+    pub padding: usize,
+    pub eps: f64,
+    pub relu: bool,
+    /// Max-pool kernel (= stride, floor mode) after the activation; 1 = no pooling.
+    pub pool: usize,
+}
+
 /// Convolution of `x` (N, C, H, W) with `w` (O, C, KH, KW), then batch normalization with
-/// affine `gamma`/`beta` (O), then ReLU if `relu`.
+/// affine `gamma`/`beta` (O), then ReLU if `cfg.relu`, then k×k max-pooling if `cfg.pool` > 1.
 ///
-/// `fixed` holds the running (source) statistics; with `use_batch` the batch's own statistics
-/// are mixed in with weight `alpha` (1 = batch only). Returns the output and, with `use_batch`,
-/// the batch statistics of the convolution output (for running-statistic updates).
-/// Gradients flow to `x`, `w`, `gamma` and `beta` as far as the graph tracks them.
-#[allow(clippy::too_many_arguments)]
+/// `fixed` holds the running (source) statistics; with `batch = Some(α)` the batch's own
+/// statistics are mixed in with weight α (1 = batch only), with `None` only `fixed` is used.
+/// Returns the output and, with batch statistics, those of the convolution output (for
+/// running-statistic updates). Gradients flow to `x`, `w`, `gamma` and `beta` as far as the
+/// graph tracks them; pooling routes them to the first maximum of each window, as PyTorch.
 pub fn conv_bn(
     x: &Tensor,
     w: &Tensor,
     gamma: &Tensor,
     beta: &Tensor,
-    (stride, padding): (usize, usize),
     (fixed_mean, fixed_var): (&[f32], &[f32]),
-    use_batch: bool,
-    alpha: f32,
-    eps: f64,
-    relu: bool,
+    batch: Option<f32>,
+    cfg: ConvBnCfg,
 ) -> Result<(Tensor, Option<BnStats>)> {
     if !(x.device().is_cpu() && x.dtype() == candle_core::DType::F32) {
         // Other devices: the composed ops (candle's conv2d, the composed batch norm).
-        let z = super::conv2d(x, w, stride, padding)?;
-        let stats = if use_batch {
-            Some(BnStats::of(&z)?)
-        } else {
-            None
-        };
-        let y = super::batch_norm(
+        let z = super::conv2d(x, w, cfg.stride, cfg.padding)?;
+        let stats = batch.map(|_| BnStats::of(&z)).transpose()?;
+        let mut y = super::batch_norm(
             &z,
             gamma,
             beta,
             (fixed_mean, fixed_var),
             stats.as_ref(),
-            alpha,
-            eps,
+            batch.unwrap_or(0.0),
+            cfg.eps,
         )?;
-        return Ok((if relu { y.relu()? } else { y }, stats));
+        if cfg.relu {
+            y = y.relu()?;
+        }
+        if cfg.pool > 1 {
+            y = super::max_pool2d(&y, cfg.pool)?;
+        }
+        return Ok((y, stats));
     }
     let gb = Tensor::stack(&[gamma, beta], 0)?;
     let keep = x.track_op() || w.track_op() || gb.track_op();
     let saved = Arc::new(Mutex::new(None));
     let op = ConvBnOp {
-        stride,
-        pad: padding,
-        relu,
+        stride: cfg.stride,
+        pad: cfg.padding,
+        relu: cfg.relu,
+        pool: cfg.pool.max(1),
         fixed_mean: fixed_mean.to_vec(),
         fixed_var: fixed_var.to_vec(),
-        use_batch,
-        alpha,
-        eps,
+        use_batch: batch.is_some(),
+        alpha: batch.unwrap_or(0.0),
+        eps: cfg.eps,
         keep,
         saved: saved.clone(),
     };
@@ -486,7 +673,7 @@ impl CustomOp2 for AddRelu {
             .zip(a.par_chunks(1 << 14).zip(b.par_chunks(1 << 14)))
             .for_each(|(d, (a, b))| {
                 for ((d, a), b) in d.iter_mut().zip(a).zip(b) {
-                    *d = (a + b).max(0.0);
+                    *d = relu_f(a + b);
                 }
             });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
@@ -550,6 +737,7 @@ mod tests {
         use_batch: bool,
         alpha: f32,
         relu: bool,
+        pool: usize,
     ) -> Tensor {
         let dev = Device::Cpu;
         let z = x.conv2d(w, sp.1, sp.0, 1, 1).unwrap();
@@ -566,10 +754,21 @@ mod tests {
             1e-5,
         )
         .unwrap();
-        if relu {
-            y.relu().unwrap()
+        let y = if relu { y.relu().unwrap() } else { y };
+        if pool > 1 {
+            crate::ops::max_pool2d(&y, pool).unwrap()
         } else {
             y
+        }
+    }
+
+    fn cfg(sp: (usize, usize), relu: bool, pool: usize) -> ConvBnCfg {
+        ConvBnCfg {
+            stride: sp.0,
+            padding: sp.1,
+            eps: 1e-5,
+            relu,
+            pool,
         }
     }
 
@@ -583,6 +782,7 @@ mod tests {
         use_batch: bool,
         alpha: f32,
         relu: bool,
+        pool: usize,
         track: (bool, bool),
     ) {
         let [b, c, h, _] = dims;
@@ -607,12 +807,9 @@ mod tests {
             &wt,
             gamma.as_tensor(),
             beta.as_tensor(),
-            sp,
             (&fm, &fv),
-            use_batch,
-            alpha,
-            1e-5,
-            relu,
+            use_batch.then_some(alpha),
+            cfg(sp, relu, pool),
         )
         .unwrap();
         let y_ref = reference(
@@ -625,6 +822,7 @@ mod tests {
             use_batch,
             alpha,
             relu,
+            pool,
         );
         assert_close(&y, &y_ref, 1e-4, "forward");
         assert_eq!(stats.is_some(), use_batch);
@@ -666,37 +864,208 @@ mod tests {
 
     #[test]
     fn batch_stats_relu_matches_composed_ops() {
-        check([3, 2, 7, 7], 4, 3, (1, 1), true, 1.0, true, (true, false));
+        check(
+            [3, 2, 7, 7],
+            4,
+            3,
+            (1, 1),
+            true,
+            1.0,
+            true,
+            1,
+            (true, false),
+        );
     }
 
     #[test]
     fn every_gradient_with_tracked_weight_matches() {
         // More images than one weight-gradient chunk, so the chunked sum is exercised.
-        check([11, 3, 6, 6], 5, 3, (1, 1), true, 1.0, true, (true, true));
-        check([2, 3, 6, 6], 5, 3, (1, 1), true, 1.0, true, (false, true));
+        check(
+            [11, 3, 6, 6],
+            5,
+            3,
+            (1, 1),
+            true,
+            1.0,
+            true,
+            1,
+            (true, true),
+        );
+        check(
+            [2, 3, 6, 6],
+            5,
+            3,
+            (1, 1),
+            true,
+            1.0,
+            true,
+            1,
+            (false, true),
+        );
     }
 
     #[test]
     fn frozen_input_and_weight_give_only_affine_gradients() {
-        check([4, 1, 8, 8], 3, 3, (1, 1), true, 1.0, true, (false, false));
+        check(
+            [4, 1, 8, 8],
+            3,
+            3,
+            (1, 1),
+            true,
+            1.0,
+            true,
+            1,
+            (false, false),
+        );
     }
 
     #[test]
     fn fixed_and_alpha_statistics_match() {
-        check([3, 2, 7, 7], 4, 3, (1, 1), false, 0.0, true, (true, true));
-        check([3, 2, 7, 7], 4, 3, (1, 1), true, 0.3, false, (true, false));
+        check(
+            [3, 2, 7, 7],
+            4,
+            3,
+            (1, 1),
+            false,
+            0.0,
+            true,
+            1,
+            (true, true),
+        );
+        check(
+            [3, 2, 7, 7],
+            4,
+            3,
+            (1, 1),
+            true,
+            0.3,
+            false,
+            1,
+            (true, false),
+        );
     }
 
     #[test]
     fn strided_and_pointwise_shortcuts_match() {
-        check([3, 4, 8, 8], 6, 3, (2, 1), true, 1.0, true, (true, false));
-        check([3, 4, 8, 8], 6, 1, (2, 0), true, 1.0, false, (true, true));
-        check([2, 4, 5, 5], 3, 1, (1, 0), true, 1.0, false, (true, true));
+        check(
+            [3, 4, 8, 8],
+            6,
+            3,
+            (2, 1),
+            true,
+            1.0,
+            true,
+            1,
+            (true, false),
+        );
+        check(
+            [3, 4, 8, 8],
+            6,
+            1,
+            (2, 0),
+            true,
+            1.0,
+            false,
+            1,
+            (true, true),
+        );
+        check(
+            [2, 4, 5, 5],
+            3,
+            1,
+            (1, 0),
+            true,
+            1.0,
+            false,
+            1,
+            (true, true),
+        );
+    }
+
+    #[test]
+    fn fused_max_pool_matches_pool_after_the_layer() {
+        // 7×7 → 3×3 drops the last row and column; 8×8 → 4×4 covers everything.
+        check(
+            [3, 2, 7, 7],
+            4,
+            3,
+            (1, 1),
+            true,
+            1.0,
+            true,
+            2,
+            (true, false),
+        );
+        check([9, 2, 8, 8], 4, 3, (1, 1), true, 1.0, true, 2, (true, true));
+        check(
+            [2, 1, 6, 6],
+            3,
+            3,
+            (1, 1),
+            true,
+            1.0,
+            true,
+            3,
+            (false, false),
+        );
+        check(
+            [2, 2, 8, 8],
+            3,
+            3,
+            (1, 1),
+            false,
+            0.0,
+            false,
+            2,
+            (true, true),
+        );
+    }
+
+    #[test]
+    fn eval_with_pool_and_no_gradient_matches() {
+        let x = randn(&[3, 2, 9, 9], 1);
+        let w = randn(&[4, 2, 3, 3], 2);
+        let (gamma, beta) = (randn(&[4], 3), randn(&[4], 4));
+        let (fm, fv) = ([0.2f32; 4], [1.5f32; 4]);
+        let (y, _) = conv_bn(
+            &x,
+            &w,
+            &gamma,
+            &beta,
+            (&fm, &fv),
+            None,
+            cfg((1, 1), true, 2),
+        )
+        .unwrap();
+        let y_ref = reference(
+            &x,
+            &w,
+            &gamma,
+            &beta,
+            (1, 1),
+            (&fm, &fv),
+            false,
+            0.0,
+            true,
+            2,
+        );
+        assert_eq!(y.dims(), &[3, 4, 4, 4]);
+        assert_close(&y, &y_ref, 1e-5, "eval + pool");
     }
 
     #[test]
     fn single_image_uses_the_parallel_gemm() {
-        check([1, 8, 9, 9], 16, 3, (1, 1), true, 1.0, true, (true, true));
+        check(
+            [1, 8, 9, 9],
+            16,
+            3,
+            (1, 1),
+            true,
+            1.0,
+            true,
+            1,
+            (true, true),
+        );
     }
 
     #[test]
@@ -711,16 +1080,24 @@ mod tests {
             &w,
             &gamma,
             &beta,
+            (&fm, &fv),
+            None,
+            cfg((1, 1), true, 1),
+        )
+        .unwrap();
+        assert!(stats.is_none());
+        let y_ref = reference(
+            &x,
+            &w,
+            &gamma,
+            &beta,
             (1, 1),
             (&fm, &fv),
             false,
             0.0,
-            1e-5,
             true,
-        )
-        .unwrap();
-        assert!(stats.is_none());
-        let y_ref = reference(&x, &w, &gamma, &beta, (1, 1), (&fm, &fv), false, 0.0, true);
+            1,
+        );
         assert_close(&y, &y_ref, 1e-5, "eval forward");
         // By hand for one value: relu(γ·(z − 0.1)/√(2 + 1e-5) + β).
         let z = x.conv2d(&w, 1, 1, 1, 1).unwrap();
@@ -746,12 +1123,9 @@ mod tests {
                 w.as_tensor(),
                 gamma.as_tensor(),
                 beta.as_tensor(),
-                (1, 1),
                 (&[0.0; 4], &[1.0; 4]),
-                true,
-                1.0,
-                1e-5,
-                true,
+                Some(1.0),
+                cfg((1, 1), true, 2),
             )
             .unwrap();
             let g = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();

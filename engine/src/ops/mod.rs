@@ -17,7 +17,7 @@ pub mod pool;
 
 pub use batchnorm::{batch_norm, BnStats};
 pub use conv::conv2d;
-pub use fused::{add_relu, conv_bn};
+pub use fused::{add_relu, conv_bn, ConvBnCfg};
 pub use pool::max_pool2d;
 
 use candle_core::{CpuStorage, Layout, Result, Storage, Tensor};
