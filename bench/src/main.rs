@@ -92,7 +92,7 @@ struct RunArgs {
     /// Timed repeats per measurement (the median is reported), after one warm-up repeat.
     #[arg(long, default_value_t = 5)]
     repeats: usize,
-    /// Images per repeat (rounded to whole batches, at least one batch).
+    /// Images per repeat (rounded to whole batches, at least one batch; at most 50 batches).
     #[arg(long, default_value_t = 400)]
     images_per_repeat: usize,
     /// Batch size of the parity check.
@@ -338,7 +338,8 @@ fn sync(device: &Device) -> Result<()> {
     Ok(device.synchronize()?)
 }
 
-/// images/s of every timed repeat.
+/// images/s of every timed repeat, and the fraction of timed batches that took an optimizer
+/// step (EATA's filters can leave a batch with nothing to learn from: no backward pass).
 fn bench_attune(
     p: &Prepared,
     m: &BenchModel,
@@ -346,7 +347,7 @@ fn bench_attune(
     batch: usize,
     per_repeat: usize,
     repeats: usize,
-) -> Result<Vec<f64>> {
+) -> Result<(Vec<f64>, f64)> {
     let xs = batches(&p.stream, batch, &p.device)?;
     let mut method = build_method(p, m, spec, batch)?;
     let mut i = 0;
@@ -354,6 +355,7 @@ fn bench_attune(
         method.adapt_and_predict(&xs[i % xs.len()])?;
         i += 1;
     }
+    let before = method.counters().updates;
     let mut rates = vec![];
     for _ in 0..repeats {
         sync(&p.device)?;
@@ -365,7 +367,8 @@ fn bench_attune(
         sync(&p.device)?;
         rates.push((per_repeat * batch) as f64 / t.elapsed().as_secs_f64());
     }
-    Ok(rates)
+    let updates = (method.counters().updates - before) as f64;
+    Ok((rates, updates / (repeats * per_repeat).max(1) as f64))
 }
 
 /// Logits of the first `n` adapted batches, then of batch 0 predicted again.
@@ -441,6 +444,9 @@ struct Row {
     torch_all: Vec<f64>,
     /// Model FLOPs per image of this method (forward; + input gradients for a step).
     flops_per_image: f64,
+    /// Fraction of Attune's timed batches that took an optimizer step (1 for TENT, 0 for the
+    /// frozen-weight methods; EATA skips batches whose filters keep no sample).
+    attune_step_fraction: f64,
     load_before: String,
 }
 
@@ -564,9 +570,9 @@ fn run(a: RunArgs) -> Result<()> {
             let fl = if step { m.flops.step } else { m.flops.forward };
             for &batch in &a.batches {
                 let load_before = load_avg();
-                let per = (a.images_per_repeat / batch).max(1);
+                let per = (a.images_per_repeat / batch).clamp(1, 50);
                 let applicable = batch >= 2 || name == "source";
-                let (mut at, mut tt) = (vec![], vec![]);
+                let (mut at, mut tt, mut steps) = (vec![], vec![], 0.0);
                 if applicable {
                     if let Some(t) = &mut torch {
                         let ans = t.call(serde_json::json!({
@@ -576,7 +582,7 @@ fn run(a: RunArgs) -> Result<()> {
                         }))?;
                         tt = serde_json::from_value(ans["ips"].clone())?;
                     }
-                    at = bench_attune(&p, m, spec, batch, per, a.repeats)?;
+                    (at, steps) = bench_attune(&p, m, spec, batch, per, a.repeats)?;
                 }
                 let row = Row {
                     model: m.name.clone(),
@@ -587,6 +593,7 @@ fn run(a: RunArgs) -> Result<()> {
                     attune_all: at,
                     torch_all: tt,
                     flops_per_image: fl,
+                    attune_step_fraction: steps,
                     load_before,
                 };
                 println!("{}", fmt_row(&row, peak));
@@ -699,7 +706,7 @@ fn fmt_row(r: &Row, peak: f64) -> String {
         })
     };
     format!(
-        "{:<9} {:<10} {:>5} {:>11} {:>11} {:>7} {:>15} {:>15}  {}",
+        "{:<9} {:<10} {:>5} {:>11} {:>11} {:>7} {:>15} {:>15} {:>6}  {}",
         r.model,
         r.method,
         r.batch,
@@ -708,8 +715,17 @@ fn fmt_row(r: &Row, peak: f64) -> String {
         ratio.map_or("n/a".into(), |v| format!("{v:.2}×")),
         g(r.attune_ips),
         g(r.torch_ips),
+        steps_label(r),
         r.load_before
     )
+}
+
+/// Share of batches with an optimizer step, for the adapting methods.
+fn steps_label(r: &Row) -> String {
+    match (r.method.as_str(), r.attune_ips) {
+        ("source" | "norm_test", _) | (_, None) => "-".into(),
+        _ => format!("{:.0}%", 100.0 * r.attune_step_fraction),
+    }
 }
 
 fn markdown(r: &Report, peak: f64) -> String {
@@ -725,8 +741,8 @@ fn markdown(r: &Report, peak: f64) -> String {
         r.load_end,
         n = r.matmul_n
     );
-    s += "| model | method | batch | Attune img/s | PyTorch img/s | ratio | Attune GFLOP/s | PyTorch GFLOP/s | load |\n";
-    s += "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n";
+    s += "| model | method | batch | Attune img/s | PyTorch img/s | ratio | Attune GFLOP/s | PyTorch GFLOP/s | steps | load |\n";
+    s += "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n";
     for row in &r.rows {
         let ratio = match (row.attune_ips, row.torch_ips) {
             (Some(a), Some(t)) => format!("{:.2}×", a / t),
@@ -738,7 +754,7 @@ fn markdown(r: &Report, peak: f64) -> String {
             })
         };
         s += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             row.model,
             row.method,
             row.batch,
@@ -747,6 +763,7 @@ fn markdown(r: &Report, peak: f64) -> String {
             ratio,
             g(row.attune_ips),
             g(row.torch_ips),
+            steps_label(row),
             row.load_before
         );
     }

@@ -142,10 +142,10 @@ fn grad_sums(dy: &[f32], y: &[f32], z: &[f32], m: f32, relu: bool) -> (f64, f64)
     let n = dy.len() / 8 * 8;
     for i in (0..n).step_by(8) {
         for l in 0..8 {
-            let gv = if relu && !(y[i + l] > 0.0) {
-                0.0
-            } else {
+            let gv = if !relu || y[i + l] > 0.0 {
                 dy[i + l]
+            } else {
+                0.0
             };
             s[l] += gv;
             t[l] += gv * (z[i + l] - m);
@@ -156,7 +156,7 @@ fn grad_sums(dy: &[f32], y: &[f32], z: &[f32], m: f32, relu: bool) -> (f64, f64)
         t.iter().map(|v| *v as f64).sum::<f64>(),
     );
     for i in n..dy.len() {
-        let gv = if relu && !(y[i] > 0.0) { 0.0 } else { dy[i] };
+        let gv = if !relu || y[i] > 0.0 { dy[i] } else { 0.0 };
         s += gv as f64;
         t += (gv * (z[i] - m)) as f64;
     }
@@ -195,10 +195,10 @@ fn pool_plane(
             let out = if relu { relu_f(best) } else { best };
             yp[oh * wp + ow] = out;
             if let Some(a) = arg.as_deref_mut() {
-                a[oh * wp + ow] = if relu && !(out > 0.0) {
-                    NO_GRAD
-                } else {
+                a[oh * wp + ow] = if !relu || out > 0.0 {
                     bi as u8
+                } else {
+                    NO_GRAD
                 };
             }
         }
@@ -474,7 +474,7 @@ impl CustomOp3 for ConvBnOp {
                             for (((d, dv), y), zv) in
                                 dst.iter_mut().zip(&dyv[r.clone()]).zip(&yv[r]).zip(zp)
                             {
-                                let gv = if relu && !(*y > 0.0) { 0.0 } else { *dv };
+                                let gv = if !relu || *y > 0.0 { *dv } else { 0.0 };
                                 *d = kc * (gv - c1 - (zv - mb) * c2);
                             }
                         }
