@@ -508,7 +508,7 @@ fn run(a: RunArgs) -> Result<()> {
         .unwrap_or(0);
     let n_stream = (a.parity_batch * a.parity_batches).max(4000);
     let p = prepare(c, &a.models, n_stream, fisher.max(1))?;
-    let load_start = load_avg();
+    let (started, load_start) = (date(), load_avg());
     eprintln!("[bench] load average before: {load_start}");
 
     let mut torch = if a.no_torch {
@@ -659,7 +659,7 @@ fn run(a: RunArgs) -> Result<()> {
         t.quit()?;
     }
     let report = Report {
-        date: date(),
+        date: started,
         threads: c.threads,
         device: c.device.clone(),
         torch: hello,
