@@ -107,6 +107,11 @@ struct RunArgs {
     /// Measure Attune only (no PyTorch, no parity).
     #[arg(long)]
     no_torch: bool,
+    /// OMP_WAIT_POLICY for PyTorch's OpenMP threads: PASSIVE (sleep when idle, as rayon does),
+    /// ACTIVE, or `inherit` (leave the environment as it is). On a shared, loaded machine the
+    /// default spinning makes PyTorch's figures collapse (see docs/speed.md).
+    #[arg(long, default_value = "PASSIVE")]
+    torch_omp_wait: String,
     /// Side of the square matrices of the matmul-rate measurement.
     #[arg(long, default_value_t = 1024)]
     matmul_n: usize,
@@ -467,6 +472,7 @@ struct Report {
     threads: usize,
     device: String,
     torch: serde_json::Value,
+    torch_omp_wait: String,
     matmul_n: usize,
     attune_matmul_gflops: f64,
     torch_matmul_gflops: Option<f64>,
@@ -514,7 +520,12 @@ fn run(a: RunArgs) -> Result<()> {
     let mut torch = if a.no_torch {
         None
     } else {
-        Some(torch::Torch::start(&python(&a)?, c.threads, &c.device)?)
+        Some(torch::Torch::start(
+            &python(&a)?,
+            c.threads,
+            &c.device,
+            (a.torch_omp_wait != "inherit").then_some(a.torch_omp_wait.as_str()),
+        )?)
     };
     let hello = match &mut torch {
         Some(t) => t.call(serde_json::json!({"cmd": "hello"}))?,
@@ -530,6 +541,7 @@ fn run(a: RunArgs) -> Result<()> {
         None => None,
     };
     let peak = attune_mm.max(torch_mm.unwrap_or(0.0));
+    println!("PyTorch OMP_WAIT_POLICY: {}", a.torch_omp_wait);
     println!(
         "matmul {n}×{n}×{n} f32, {} threads: Attune (gemm) {attune_mm:.1} GFLOP/s, PyTorch {} GFLOP/s; % below are of {peak:.1}",
         c.threads,
@@ -663,6 +675,7 @@ fn run(a: RunArgs) -> Result<()> {
         threads: c.threads,
         device: c.device.clone(),
         torch: hello,
+        torch_omp_wait: a.torch_omp_wait.clone(),
         matmul_n: a.matmul_n,
         attune_matmul_gflops: attune_mm,
         torch_matmul_gflops: torch_mm,
@@ -730,11 +743,12 @@ fn steps_label(r: &Row) -> String {
 
 fn markdown(r: &Report, peak: f64) -> String {
     let mut s = format!(
-        "Date {}, {} threads, device {}, PyTorch {}. Matmul {n}³ f32: Attune {:.1} GFLOP/s, PyTorch {}; % of {peak:.1}. Load average {} → {}.\n\n",
+        "Date {}, {} threads, device {}, PyTorch {} (OMP_WAIT_POLICY {}). Matmul {n}³ f32: Attune {:.1} GFLOP/s, PyTorch {}; % of {peak:.1}. Load average {} → {}.\n\n",
         r.date,
         r.threads,
         r.device,
         r.torch.get("torch").and_then(|v| v.as_str()).unwrap_or("-"),
+        r.torch_omp_wait,
         r.attune_matmul_gflops,
         r.torch_matmul_gflops.map_or("-".into(), |v| format!("{v:.1} GFLOP/s")),
         r.load_start,

@@ -16,11 +16,21 @@ pub struct Torch {
 pub const SCRIPT: &str = "scripts/bench_torch.py";
 
 impl Torch {
-    pub fn start(python: &Path, threads: usize, device: &str) -> Result<Self> {
+    /// `omp_wait`: OMP_WAIT_POLICY for the child (None: inherit ours).
+    pub fn start(
+        python: &Path,
+        threads: usize,
+        device: &str,
+        omp_wait: Option<&str>,
+    ) -> Result<Self> {
         if !Path::new(SCRIPT).exists() {
             bail!("{SCRIPT} not found: run attune-bench from the repository root");
         }
-        let mut child = Command::new(python)
+        let mut cmd = Command::new(python);
+        if let Some(p) = omp_wait {
+            cmd.env("OMP_WAIT_POLICY", p);
+        }
+        let mut child = cmd
             .arg(SCRIPT)
             .args(["--threads", &threads.to_string(), "--device", device])
             // One thread pool of the requested size and nothing else.
