@@ -349,6 +349,17 @@ pub enum BnMode {
     Alpha(f32),
 }
 
+impl BnMode {
+    /// Weight of the batch's own statistics in the normalization (0 in eval mode).
+    pub fn batch_weight(self) -> f32 {
+        match self {
+            BnMode::Eval => 0.0,
+            BnMode::Train | BnMode::Batch => 1.0,
+            BnMode::Alpha(a) => a,
+        }
+    }
+}
+
 pub struct Conv2d {
     weight: Param,
     stride: usize,
@@ -428,33 +439,80 @@ impl BatchNorm {
             BnMode::Eval => ops::batch_norm(x, &w, &b, (&rm, &rv), None, 0.0, self.eps)?,
             BnMode::Train | BnMode::Batch | BnMode::Alpha(_) => {
                 let stats = BnStats::of(x)?;
-                let alpha = if let BnMode::Alpha(a) = mode { a } else { 1.0 };
-                let y = ops::batch_norm(x, &w, &b, (&rm, &rv), Some(&stats), alpha, self.eps)?;
-                *self.last_batch.lock().expect("bn lock poisoned") = Some(stats.clone());
-                if mode == BnMode::Train {
-                    let m = self.momentum;
-                    let unbias = if stats.count > 1 {
-                        stats.count as f32 / (stats.count - 1) as f32
-                    } else {
-                        1.0
-                    };
-                    self.running_mean.set(
-                        rm.iter()
-                            .zip(&stats.mean)
-                            .map(|(r, b)| (1.0 - m) * r + m * b)
-                            .collect(),
-                    );
-                    self.running_var.set(
-                        rv.iter()
-                            .zip(&stats.var)
-                            .map(|(r, b)| (1.0 - m) * r + m * b * unbias)
-                            .collect(),
-                    );
-                }
+                let y = ops::batch_norm(
+                    x,
+                    &w,
+                    &b,
+                    (&rm, &rv),
+                    Some(&stats),
+                    mode.batch_weight(),
+                    self.eps,
+                )?;
+                self.record(stats, mode, &rm, &rv);
                 y
             }
         };
         Ok(y)
+    }
+
+    /// `conv`, then this BatchNorm, then ReLU if `relu`, then a `pool`×`pool` max-pool if
+    /// `pool` > 1, as one fused op (see `ops::fused`): the same values and gradients as
+    /// `max_pool2d(forward(&conv.forward(x)?, mode)?.relu()?, pool)`, and the same
+    /// running-statistic updates, with far fewer passes over the activations.
+    pub fn forward_conv(
+        &self,
+        conv: &Conv2d,
+        x: &Tensor,
+        mode: BnMode,
+        relu: bool,
+        pool: usize,
+    ) -> Result<Tensor> {
+        let (rm, rv) = (self.running_mean.get(), self.running_var.get());
+        let (y, stats) = ops::conv_bn(
+            x,
+            &conv.weight.t(),
+            &self.weight.t(),
+            &self.bias.t(),
+            (&rm, &rv),
+            (mode != BnMode::Eval).then(|| mode.batch_weight()),
+            ops::ConvBnCfg {
+                stride: conv.stride,
+                padding: conv.padding,
+                eps: self.eps,
+                relu,
+                pool,
+            },
+        )?;
+        if let Some(stats) = stats {
+            self.record(stats, mode, &rm, &rv);
+        }
+        Ok(y)
+    }
+
+    /// Remember a batch's statistics; in train mode, move the running statistics toward them
+    /// (momentum, unbiased variance, as PyTorch).
+    fn record(&self, stats: BnStats, mode: BnMode, rm: &[f32], rv: &[f32]) {
+        if mode == BnMode::Train {
+            let m = self.momentum;
+            let unbias = if stats.count > 1 {
+                stats.count as f32 / (stats.count - 1) as f32
+            } else {
+                1.0
+            };
+            self.running_mean.set(
+                rm.iter()
+                    .zip(&stats.mean)
+                    .map(|(r, b)| (1.0 - m) * r + m * b)
+                    .collect(),
+            );
+            self.running_var.set(
+                rv.iter()
+                    .zip(&stats.var)
+                    .map(|(r, b)| (1.0 - m) * r + m * b * unbias)
+                    .collect(),
+            );
+        }
+        *self.last_batch.lock().expect("bn lock poisoned") = Some(stats);
     }
 
     pub fn running_stats(&self) -> (Vec<f32>, Vec<f32>) {

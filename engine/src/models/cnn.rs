@@ -4,7 +4,6 @@
 
 use crate::error::Result;
 use crate::nn::{BatchNorm, BnMode, Conv2d, Linear, VarSource};
-use crate::ops::max_pool2d;
 use candle_core::Tensor;
 
 pub struct Cnn {
@@ -51,10 +50,7 @@ impl Cnn {
     pub fn forward_features(&self, x: &Tensor, mode: BnMode) -> Result<(Tensor, Tensor)> {
         let mut h = x.clone();
         for ((conv, bn), pool) in self.blocks.iter().zip(&self.pool_after) {
-            h = bn.forward(&conv.forward(&h)?, mode)?.relu()?;
-            if *pool {
-                h = max_pool2d(&h, 2)?;
-            }
+            h = bn.forward_conv(conv, &h, mode, true, if *pool { 2 } else { 1 })?;
         }
         let f = h.flatten_from(1)?;
         let logits = self.fc.forward(&f)?;

@@ -5,6 +5,7 @@
 
 use crate::error::{EngineError, Result};
 use crate::nn::{BatchNorm, BnMode, Conv2d, Linear, VarSource};
+use crate::ops;
 use candle_core::Tensor;
 
 struct Block {
@@ -43,13 +44,13 @@ impl Block {
     }
 
     fn forward(&self, x: &Tensor, mode: BnMode) -> Result<Tensor> {
-        let h = self.bn1.forward(&self.conv1.forward(x)?, mode)?.relu()?;
-        let h = self.bn2.forward(&self.conv2.forward(&h)?, mode)?;
+        let h = self.bn1.forward_conv(&self.conv1, x, mode, true, 1)?;
+        let h = self.bn2.forward_conv(&self.conv2, &h, mode, false, 1)?;
         let s = match &self.shortcut {
-            Some((c, b)) => b.forward(&c.forward(x)?, mode)?,
+            Some((c, b)) => b.forward_conv(c, x, mode, false, 1)?,
             None => x.clone(),
         };
-        Ok((h + s)?.relu()?)
+        Ok(ops::add_relu(&h, &s)?)
     }
 }
 
@@ -102,7 +103,7 @@ impl ResNet {
     }
 
     pub fn forward_features(&self, x: &Tensor, mode: BnMode) -> Result<(Tensor, Tensor)> {
-        let mut h = self.stem_bn.forward(&self.stem.forward(x)?, mode)?.relu()?;
+        let mut h = self.stem_bn.forward_conv(&self.stem, x, mode, true, 1)?;
         for b in &self.blocks {
             h = b.forward(&h, mode)?;
         }

@@ -31,6 +31,20 @@ impl BnStats {
         }
         let (n, c) = (dims[0], dims[1]);
         let s: usize = dims[2..].iter().product();
+        if !x.device().is_cpu() {
+            // Other devices: reduce there, bring the C values home.
+            let xt = x
+                .transpose(0, 1)?
+                .flatten_from(1)?
+                .to_dtype(candle_core::DType::F32)?;
+            let mean = xt.mean_keepdim(1)?;
+            let var = xt.broadcast_sub(&mean)?.sqr()?.mean(1)?;
+            return Ok(Self {
+                mean: mean.flatten_all()?.to_vec1()?,
+                var: var.to_vec1()?,
+                count: n * s,
+            });
+        }
         let stats: Vec<(f32, f32)> = with_f32(x, |x| {
             Ok((0..c)
                 .into_par_iter()
@@ -64,11 +78,11 @@ impl BnStats {
 #[derive(Clone, Debug)]
 pub struct BnNormalizer {
     /// The statistics actually used (already mixed).
-    mean: Vec<f32>,
-    inv_std: Vec<f32>,
+    pub(super) mean: Vec<f32>,
+    pub(super) inv_std: Vec<f32>,
     /// The batch's own mean (only read when alpha > 0).
-    batch_mean: Vec<f32>,
-    alpha: f32,
+    pub(super) batch_mean: Vec<f32>,
+    pub(super) alpha: f32,
 }
 
 impl BnNormalizer {

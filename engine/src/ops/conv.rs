@@ -12,22 +12,22 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 #[derive(Clone, Copy, Debug)]
-struct Geometry {
-    b: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    o: usize,
-    kh: usize,
-    kw: usize,
-    ho: usize,
-    wo: usize,
-    stride: usize,
-    pad: usize,
+pub(super) struct Geometry {
+    pub b: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub o: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub ho: usize,
+    pub wo: usize,
+    pub stride: usize,
+    pub pad: usize,
 }
 
 impl Geometry {
-    fn new(xs: &[usize], ws: &[usize], stride: usize, pad: usize) -> Result<Self> {
+    pub(super) fn new(xs: &[usize], ws: &[usize], stride: usize, pad: usize) -> Result<Self> {
         if xs.len() != 4 || ws.len() != 4 || xs[1] != ws[1] {
             candle_core::bail!("conv2d: input {xs:?} and weight {ws:?} do not match (NCHW, OIHW)");
         }
@@ -52,20 +52,20 @@ impl Geometry {
             pad,
         })
     }
-    fn ck(&self) -> usize {
+    pub(super) fn ck(&self) -> usize {
         self.c * self.kh * self.kw
     }
-    fn hw_out(&self) -> usize {
+    pub(super) fn hw_out(&self) -> usize {
         self.ho * self.wo
     }
-    fn in_len(&self) -> usize {
+    pub(super) fn in_len(&self) -> usize {
         self.c * self.h * self.w
     }
-    fn out_len(&self) -> usize {
+    pub(super) fn out_len(&self) -> usize {
         self.o * self.hw_out()
     }
     /// True when im2col is the identity (1×1 kernel, stride 1, no padding).
-    fn pointwise(&self) -> bool {
+    pub(super) fn pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
     }
 }
@@ -81,7 +81,7 @@ fn valid_cols(g: &Geometry, kj: usize) -> (usize, usize) {
 }
 
 /// Fill `cols` (CK × HoWo, row-major) from one image `x` (C × H × W).
-fn im2col(g: &Geometry, x: &[f32], cols: &mut [f32]) {
+pub(super) fn im2col(g: &Geometry, x: &[f32], cols: &mut [f32]) {
     let hw = g.hw_out();
     for c in 0..g.c {
         for ki in 0..g.kh {
@@ -114,7 +114,7 @@ fn im2col(g: &Geometry, x: &[f32], cols: &mut [f32]) {
 }
 
 /// Accumulate `cols` (CK × HoWo) back into one image gradient `dx` (C × H × W), which must be zeroed.
-fn col2im(g: &Geometry, cols: &[f32], dx: &mut [f32]) {
+pub(super) fn col2im(g: &Geometry, cols: &[f32], dx: &mut [f32]) {
     let hw = g.hw_out();
     for c in 0..g.c {
         for ki in 0..g.kh {
@@ -149,7 +149,7 @@ fn col2im(g: &Geometry, cols: &[f32], dx: &mut [f32]) {
 
 /// `dst (m×n) = [dst +] lhs (m×k) · rhs (k×n)`, every matrix given by (row stride, col stride).
 #[allow(clippy::too_many_arguments)]
-fn matmul(
+pub(super) fn matmul(
     m: usize,
     n: usize,
     k: usize,
@@ -194,7 +194,7 @@ fn matmul(
 }
 
 /// Parallelize across images when there are enough of them, inside the GEMM otherwise.
-fn inner_parallelism(batch: usize) -> Parallelism {
+pub(super) fn inner_parallelism(batch: usize) -> Parallelism {
     if batch >= rayon::current_num_threads() {
         Parallelism::None
     } else {
@@ -246,7 +246,7 @@ fn backward_input(g: &Geometry, w: &[f32], dy: &[f32]) -> Vec<f32> {
 
 /// Images per partial weight gradient. Fixed (not left to rayon's work stealing) so that the
 /// order of the floating-point sums, and hence the result, is the same on every run.
-const WEIGHT_GRAD_CHUNK: usize = 8;
+pub(super) const WEIGHT_GRAD_CHUNK: usize = 8;
 
 fn backward_weight(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let (ck, hw) = (g.ck(), g.hw_out());

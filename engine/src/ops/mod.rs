@@ -12,10 +12,12 @@
 
 pub mod batchnorm;
 pub mod conv;
+pub mod fused;
 pub mod pool;
 
 pub use batchnorm::{batch_norm, BnStats};
 pub use conv::conv2d;
+pub use fused::{add_relu, conv_bn, ConvBnCfg};
 pub use pool::max_pool2d;
 
 use candle_core::{CpuStorage, Layout, Result, Storage, Tensor};

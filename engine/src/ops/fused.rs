@@ -1,0 +1,1177 @@
+//! Convolution → BatchNorm (→ ReLU) as one op, and ReLU(a + b), forward and backward.
+//!
+//! Composed from separate ops, one conv-BN-ReLU layer costs, besides its GEMMs, a dozen full
+//! passes over its output per adaptation step: the batch statistics, normalization, ReLU, and in
+//! the backward pass candle's ReLU gradient (a zero tensor, a comparison, a cast, a product) and
+//! a zero-filled accumulator plus an addition for every gradient handed from one op to the next.
+//! The fused op does, per layer:
+//!
+//! - forward: per image, im2col + GEMM, and while that image's output is in cache its
+//!   per-channel sums (batch mode); then one pass `y = max(0, z·scale + shift)`. With fixed
+//!   statistics (eval) the affine + ReLU epilogue runs right after each image's GEMM.
+//! - backward: one pass for the per-channel sums Σg and Σg·(z − m) (g = dy masked by y > 0), then
+//!   per image the BatchNorm input gradient dz, `Wᵀ·dz` and col2im while dz is in cache; the
+//!   weight gradient only when the weight is tracked, the input gradient only when the input is.
+//!   A layer whose input and weight are both frozen (the first layer under TENT) stops after the
+//!   sums: γ and β get their gradients and nothing else is computed.
+//!
+//! The BatchNorm formulas are those of [`super::batchnorm`] (statistics `(1−α)·fixed + α·batch`,
+//! biased batch variance; sums in f64 in a fixed order, so results do not depend on scheduling).
+//! γ and β enter as one (2, C) tensor (`Tensor::stack`), so the op has three inputs.
+
+use super::batchnorm::{BnNormalizer, BnStats};
+use super::conv::{col2im, im2col, inner_parallelism, matmul, Geometry, WEIGHT_GRAD_CHUNK};
+use super::{f32_slice, with_f32};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+use std::sync::{Arc, Mutex};
+
+/// What a forward pass leaves for the backward pass.
+struct Saved {
+    /// The convolution output (pre-normalization), kept only when a gradient is needed.
+    z: Vec<f32>,
+    /// With pooling: per pooled output, the position of the window's first maximum
+    /// (`i·k + j`), or [`NO_GRAD`] when the maximum is a ReLU zero (no gradient passes).
+    arg: Vec<u8>,
+    nm: BnNormalizer,
+    stats: Option<BnStats>,
+}
+
+const NO_GRAD: u8 = u8::MAX;
+
+struct ConvBnOp {
+    stride: usize,
+    pad: usize,
+    relu: bool,
+    /// Max-pool kernel (= stride) after the activation; 1 = none.
+    pool: usize,
+    fixed_mean: Vec<f32>,
+    fixed_var: Vec<f32>,
+    use_batch: bool,
+    alpha: f32,
+    eps: f64,
+    /// Keep `z` for a backward pass.
+    keep: bool,
+    saved: Arc<Mutex<Option<Saved>>>,
+}
+
+/// `y (O × HW) = W · im2col(x)` for one image.
+fn conv_image(g: &Geometry, xb: &[f32], w: &[f32], cols: &mut [f32], yb: &mut [f32]) {
+    let (ck, hw) = (g.ck(), g.hw_out());
+    let c: &[f32] = if g.pointwise() {
+        xb
+    } else {
+        im2col(g, xb, cols);
+        cols
+    };
+    matmul(
+        g.o,
+        hw,
+        ck,
+        yb,
+        false,
+        w,
+        ck,
+        1,
+        c,
+        hw,
+        1,
+        inner_parallelism(g.b),
+    );
+}
+
+fn scale_shift(nm: &BnNormalizer, gamma: &[f32], beta: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let scale: Vec<f32> = gamma.iter().zip(&nm.inv_std).map(|(g, r)| g * r).collect();
+    let shift = beta
+        .iter()
+        .zip(&nm.mean)
+        .zip(&scale)
+        .map(|((b, m), s)| b - m * s)
+        .collect();
+    (scale, shift)
+}
+
+/// ReLU that propagates NaN, as PyTorch's does.
+#[inline(always)]
+fn relu_f(v: f32) -> f32 {
+    if v < 0.0 {
+        0.0
+    } else {
+        v
+    }
+}
+
+fn epilogue(dst: &mut [f32], src: &[f32], scale: f32, shift: f32, relu: bool) {
+    if relu {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = relu_f(s * scale + shift);
+        }
+    } else {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = s * scale + shift;
+        }
+    }
+}
+
+/// Σ and Σ² of a slice, in f32 over 8 lanes (vectorized), returned in f64. The planes summed
+/// here hold at most a few thousand values; planes are then added in f64.
+fn sum_sq(v: &[f32]) -> (f64, f64) {
+    let (mut s, mut q) = ([0f32; 8], [0f32; 8]);
+    let chunks = v.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..8 {
+            s[i] += c[i];
+            q[i] += c[i] * c[i];
+        }
+    }
+    let (mut s, mut q) = (
+        s.iter().map(|v| *v as f64).sum::<f64>(),
+        q.iter().map(|v| *v as f64).sum::<f64>(),
+    );
+    for v in rest {
+        s += *v as f64;
+        q += (*v as f64) * (*v as f64);
+    }
+    (s, q)
+}
+
+/// Σg and Σg·(z − m) over a plane, g = dy masked by y > 0 (when `relu`); 8 f32 lanes.
+fn grad_sums(dy: &[f32], y: &[f32], z: &[f32], m: f32, relu: bool) -> (f64, f64) {
+    let (mut s, mut t) = ([0f32; 8], [0f32; 8]);
+    let n = dy.len() / 8 * 8;
+    for i in (0..n).step_by(8) {
+        for l in 0..8 {
+            let gv = if !relu || y[i + l] > 0.0 {
+                dy[i + l]
+            } else {
+                0.0
+            };
+            s[l] += gv;
+            t[l] += gv * (z[i + l] - m);
+        }
+    }
+    let (mut s, mut t) = (
+        s.iter().map(|v| *v as f64).sum::<f64>(),
+        t.iter().map(|v| *v as f64).sum::<f64>(),
+    );
+    for i in n..dy.len() {
+        let gv = if !relu || y[i] > 0.0 { dy[i] } else { 0.0 };
+        s += gv as f64;
+        t += (gv * (z[i] - m)) as f64;
+    }
+    (s, t)
+}
+
+/// Normalize (+ ReLU) one conv output plane (ho × wo) and max-pool it with a k×k window and
+/// stride k (floor mode): `yp` gets the pooled plane, `arg` (if given) the first maximum of each
+/// window, or NO_GRAD where that maximum is a ReLU zero.
+#[allow(clippy::too_many_arguments)]
+fn pool_plane(
+    zp: &[f32],
+    (ho, wo, k): (usize, usize, usize),
+    scale: f32,
+    shift: f32,
+    relu: bool,
+    yp: &mut [f32],
+    mut arg: Option<&mut [u8]>,
+) {
+    let (hp, wp) = (ho / k, wo / k);
+    for oh in 0..hp {
+        for ow in 0..wp {
+            let base = oh * k * wo + ow * k;
+            let mut best = zp[base] * scale + shift;
+            let mut bi = 0usize;
+            for i in 0..k {
+                for j in 0..k {
+                    let v = zp[base + i * wo + j] * scale + shift;
+                    // `>` keeps the first maximum; NaN wins like PyTorch.
+                    if v > best || (v.is_nan() && !best.is_nan()) {
+                        best = v;
+                        bi = i * k + j;
+                    }
+                }
+            }
+            let out = if relu { relu_f(best) } else { best };
+            yp[oh * wp + ow] = out;
+            if let Some(a) = arg.as_deref_mut() {
+                a[oh * wp + ow] = if !relu || out > 0.0 {
+                    bi as u8
+                } else {
+                    NO_GRAD
+                };
+            }
+        }
+    }
+}
+
+impl ConvBnOp {
+    fn geometry(&self, xs: &[usize], ws: &[usize]) -> Result<Geometry> {
+        let g = Geometry::new(xs, ws, self.stride, self.pad)?;
+        if self.fixed_mean.len() != g.o || self.fixed_var.len() != g.o {
+            candle_core::bail!(
+                "conv_bn: {} output channels but {} running statistics",
+                g.o,
+                self.fixed_mean.len()
+            );
+        }
+        if self.pool > 1 && (self.pool * self.pool > NO_GRAD as usize || g.ho < self.pool) {
+            candle_core::bail!("conv_bn: pool {} on a {}×{} map", self.pool, g.ho, g.wo);
+        }
+        Ok(g)
+    }
+
+    /// (pooled plane length, pooled height, pooled width).
+    fn pooled(&self, g: &Geometry) -> (usize, usize, usize) {
+        let k = self.pool.max(1);
+        let (hp, wp) = (g.ho / k, g.wo / k);
+        (hp * wp, hp, wp)
+    }
+}
+
+impl CustomOp3 for ConvBnOp {
+    fn name(&self) -> &'static str {
+        "attune-conv-bn"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.geometry(l1.dims(), l2.dims())?;
+        let (x, w, gb) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let (o, hw) = (g.o, g.hw_out());
+        if gb.len() != 2 * o {
+            candle_core::bail!("conv_bn: {o} channels but γ/β of {} values", gb.len());
+        }
+        let (gamma, beta) = gb.split_at(o);
+        let cols_len = if g.pointwise() { 0 } else { g.ck() * hw };
+        let (plen, hp, wp) = self.pooled(&g);
+        let pooling = self.pool > 1;
+        let dims = (g.ho, g.wo, self.pool);
+        let shape = Shape::from((g.b, o, hp, wp));
+        let mut y = vec![0f32; g.b * o * plen];
+        if !self.use_batch && !self.keep {
+            // Fixed statistics, no gradient: affine + ReLU (+ pool) right after each GEMM.
+            let nm = BnNormalizer::new(&self.fixed_mean, &self.fixed_var, None, 0.0, self.eps);
+            let (scale, shift) = scale_shift(&nm, gamma, beta);
+            let zlen = if pooling { g.out_len() } else { 0 };
+            y.par_chunks_mut(o * plen)
+                .zip(x.par_chunks(g.in_len()))
+                .for_each_init(
+                    || (vec![0f32; cols_len], vec![0f32; zlen]),
+                    |(cols, zb), (yb, xb)| {
+                        if pooling {
+                            conv_image(&g, xb, w, cols, zb);
+                            for c in 0..o {
+                                let zp = &zb[c * hw..(c + 1) * hw];
+                                let yp = &mut yb[c * plen..(c + 1) * plen];
+                                pool_plane(zp, dims, scale[c], shift[c], self.relu, yp, None);
+                            }
+                        } else {
+                            conv_image(&g, xb, w, cols, yb);
+                            for c in 0..o {
+                                let p = &mut yb[c * hw..(c + 1) * hw];
+                                for v in p.iter_mut() {
+                                    *v = *v * scale[c] + shift[c];
+                                    if self.relu {
+                                        *v = relu_f(*v);
+                                    }
+                                }
+                            }
+                        }
+                    },
+                );
+            *self.saved.lock().expect("conv_bn lock") = Some(Saved {
+                z: vec![],
+                arg: vec![],
+                nm,
+                stats: None,
+            });
+            return Ok((CpuStorage::F32(y), shape));
+        }
+        // Convolution output, with per-image per-channel (Σz, Σz²) while it is in cache.
+        let mut z = vec![0f32; g.b * g.out_len()];
+        let mut partial = vec![(0f64, 0f64); g.b * o];
+        let use_batch = self.use_batch;
+        z.par_chunks_mut(g.out_len())
+            .zip(x.par_chunks(g.in_len()))
+            .zip(partial.par_chunks_mut(o))
+            .for_each_init(
+                || vec![0f32; cols_len],
+                |cols, ((zb, xb), pb)| {
+                    conv_image(&g, xb, w, cols, zb);
+                    if use_batch {
+                        for (c, p) in pb.iter_mut().enumerate() {
+                            *p = sum_sq(&zb[c * hw..(c + 1) * hw]);
+                        }
+                    }
+                },
+            );
+        let stats = use_batch.then(|| {
+            let m = (g.b * hw) as f64;
+            let (mut mean, mut var) = (vec![0f32; o], vec![0f32; o]);
+            for c in 0..o {
+                let (mut s, mut q) = (0f64, 0f64);
+                for b in 0..g.b {
+                    s += partial[b * o + c].0;
+                    q += partial[b * o + c].1;
+                }
+                let mu = s / m;
+                mean[c] = mu as f32;
+                var[c] = (q / m - mu * mu).max(0.0) as f32;
+            }
+            BnStats {
+                mean,
+                var,
+                count: g.b * hw,
+            }
+        });
+        let nm = BnNormalizer::new(
+            &self.fixed_mean,
+            &self.fixed_var,
+            stats.as_ref(),
+            self.alpha,
+            self.eps,
+        );
+        let (scale, shift) = scale_shift(&nm, gamma, beta);
+        let mut arg = vec![0u8; if pooling && self.keep { y.len() } else { 0 }];
+        if pooling {
+            let keep = self.keep;
+            let mut args: Vec<&mut [u8]> = if keep {
+                arg.chunks_mut(plen).collect()
+            } else {
+                (0..g.b * o).map(|_| <&mut [u8]>::default()).collect()
+            };
+            y.par_chunks_mut(plen)
+                .zip(z.par_chunks(hw))
+                .zip(args.par_iter_mut())
+                .enumerate()
+                .for_each(|(i, ((yp, zp), ap))| {
+                    let c = i % o;
+                    let a = if keep { Some(&mut **ap) } else { None };
+                    pool_plane(zp, dims, scale[c], shift[c], self.relu, yp, a);
+                });
+        } else {
+            y.par_chunks_mut(hw)
+                .zip(z.par_chunks(hw))
+                .enumerate()
+                .for_each(|(i, (yp, zp))| {
+                    let c = i % o;
+                    epilogue(yp, zp, scale[c], shift[c], self.relu)
+                });
+        }
+        *self.saved.lock().expect("conv_bn lock") = Some(Saved {
+            z: if self.keep { z } else { vec![] },
+            arg,
+            nm,
+            stats,
+        });
+        Ok((CpuStorage::F32(y), shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        gb: &Tensor,
+        res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = self.geometry(x.dims(), w.dims())?;
+        let guard = self.saved.lock().expect("conv_bn lock");
+        let saved = match guard.as_ref() {
+            Some(s) if !s.z.is_empty() || g.b * g.out_len() == 0 => s,
+            _ => candle_core::bail!("conv_bn: backward through a forward that kept no state"),
+        };
+        let (z, nm, arg) = (&saved.z, &saved.nm, &saved.arg);
+        let (o, hw, ck) = (g.o, g.hw_out(), g.ck());
+        let (plen, _, wp) = self.pooled(&g);
+        let (k, wo) = (self.pool, g.wo);
+        let pooling = k > 1;
+        // Position in the conv output plane of pooled output p with window code a.
+        let pos = |p: usize, a: u8| {
+            let (oh, ow) = (p / wp, p % wp);
+            (oh * k + a as usize / k) * wo + ow * k + a as usize % k
+        };
+        let gamma = gb.get(0)?.to_vec1::<f32>()?;
+        let relu = self.relu;
+        let (x_tr, w_tr) = (x.track_op(), w.track_op());
+        let out = with_f32(res, |yv| {
+            with_f32(dy, |dyv| {
+                // Pass 1: per image and channel Σg and Σg·(z − m), g = dy where y > 0.
+                let mut partial = vec![(0f64, 0f64); g.b * o];
+                partial.par_chunks_mut(o).enumerate().for_each(|(b, pb)| {
+                    for (c, p) in pb.iter_mut().enumerate() {
+                        let plane = b * o + c;
+                        let zp = &z[plane * hw..(plane + 1) * hw];
+                        let mc = nm.mean[c];
+                        *p = if pooling {
+                            let (mut s, mut t) = (0f64, 0f64);
+                            let ap = &arg[plane * plen..(plane + 1) * plen];
+                            let dp = &dyv[plane * plen..(plane + 1) * plen];
+                            for (q, (&a, &d)) in ap.iter().zip(dp).enumerate() {
+                                if a != NO_GRAD {
+                                    s += d as f64;
+                                    t += (d * (zp[pos(q, a)] - mc)) as f64;
+                                }
+                            }
+                            (s, t)
+                        } else {
+                            let r = plane * hw..(plane + 1) * hw;
+                            grad_sums(&dyv[r.clone()], &yv[r], zp, mc, relu)
+                        };
+                    }
+                });
+                let (mut sdy, mut sdyx) = (vec![0f64; o], vec![0f64; o]);
+                for b in 0..g.b {
+                    for c in 0..o {
+                        sdy[c] += partial[b * o + c].0;
+                        sdyx[c] += partial[b * o + c].1;
+                    }
+                }
+                let mut dgb: Vec<f32> = (0..o).map(|c| sdyx[c] as f32 * nm.inv_std[c]).collect();
+                dgb.extend(sdy.iter().map(|v| *v as f32));
+                if !x_tr && !w_tr {
+                    return Ok((None, None, dgb));
+                }
+                // dz = γ·r·[g − (α/M)·Σg − (α/M)·r²·(z − μ_b)·Σg(z − m)] per channel.
+                let a = nm.alpha / (g.b * hw) as f32;
+                let coef: Vec<(f32, f32, f32, f32)> = (0..o)
+                    .map(|c| {
+                        let r = nm.inv_std[c];
+                        (
+                            gamma[c] * r,
+                            a * sdy[c] as f32,
+                            a * r * r * sdyx[c] as f32,
+                            nm.batch_mean[c],
+                        )
+                    })
+                    .collect();
+                let dz_image = |b: usize, dzb: &mut [f32]| {
+                    for (c, &(kc, c1, c2, mb)) in coef.iter().enumerate() {
+                        let plane = b * o + c;
+                        let zp = &z[plane * hw..(plane + 1) * hw];
+                        let dst = &mut dzb[c * hw..(c + 1) * hw];
+                        if pooling {
+                            for (d, zv) in dst.iter_mut().zip(zp) {
+                                *d = -kc * (c1 + (zv - mb) * c2);
+                            }
+                            let ap = &arg[plane * plen..(plane + 1) * plen];
+                            let dp = &dyv[plane * plen..(plane + 1) * plen];
+                            for (q, (&a, &dv)) in ap.iter().zip(dp).enumerate() {
+                                if a != NO_GRAD {
+                                    dst[pos(q, a)] += kc * dv;
+                                }
+                            }
+                        } else {
+                            let r = plane * hw..(plane + 1) * hw;
+                            for (((d, dv), y), zv) in
+                                dst.iter_mut().zip(&dyv[r.clone()]).zip(&yv[r]).zip(zp)
+                            {
+                                let gv = if !relu || *y > 0.0 { *dv } else { 0.0 };
+                                *d = kc * (gv - c1 - (zv - mb) * c2);
+                            }
+                        }
+                    }
+                };
+                let par = inner_parallelism(g.b);
+                let cols_len = if g.pointwise() { 0 } else { ck * hw };
+                with_f32(w, |wv| {
+                    with_f32(x, |xv| {
+                        let mut dx = vec![0f32; if x_tr { g.b * g.in_len() } else { 0 }];
+                        let in_grad = |dzb: &[f32], cols: &mut [f32], dxb: &mut [f32]| {
+                            if g.pointwise() {
+                                matmul(ck, hw, o, dxb, false, wv, 1, ck, dzb, hw, 1, par);
+                            } else {
+                                matmul(ck, hw, o, cols, false, wv, 1, ck, dzb, hw, 1, par);
+                                col2im(&g, cols, dxb);
+                            }
+                        };
+                        if !w_tr {
+                            // Input gradient only: every image on its own.
+                            dx.par_chunks_mut(g.in_len()).enumerate().for_each_init(
+                                || (vec![0f32; g.out_len()], vec![0f32; cols_len]),
+                                |(dzb, cols), (b, dxb)| {
+                                    dz_image(b, dzb);
+                                    in_grad(dzb, cols, dxb);
+                                },
+                            );
+                            return Ok((Some(dx), None, dgb));
+                        }
+                        // Weight gradient: fixed chunks of images, partial sums added in order.
+                        let chunks = g.b.div_ceil(WEIGHT_GRAD_CHUNK);
+                        let in_len = g.in_len();
+                        let mut dx_chunks: Vec<&mut [f32]> = if x_tr {
+                            dx.chunks_mut(in_len * WEIGHT_GRAD_CHUNK).collect()
+                        } else {
+                            (0..chunks).map(|_| <&mut [f32]>::default()).collect()
+                        };
+                        let partials: Vec<Vec<f32>> = dx_chunks
+                            .par_iter_mut()
+                            .enumerate()
+                            .map(|(ci, dxc)| {
+                                let mut dw = vec![0f32; o * ck];
+                                let mut dzb = vec![0f32; g.out_len()];
+                                let mut cols = vec![0f32; cols_len];
+                                let first = ci * WEIGHT_GRAD_CHUNK;
+                                for b in first..(first + WEIGHT_GRAD_CHUNK).min(g.b) {
+                                    dz_image(b, &mut dzb);
+                                    if x_tr {
+                                        let k = b - first;
+                                        in_grad(
+                                            &dzb,
+                                            &mut cols,
+                                            &mut dxc[k * in_len..(k + 1) * in_len],
+                                        );
+                                    }
+                                    let xb = &xv[b * in_len..(b + 1) * in_len];
+                                    let c: &[f32] = if g.pointwise() {
+                                        xb
+                                    } else {
+                                        im2col(&g, xb, &mut cols);
+                                        &cols
+                                    };
+                                    // dW (O × CK) += dz_b (O × HW) · cols_bᵀ (HW × CK).
+                                    matmul(o, ck, hw, &mut dw, true, &dzb, hw, 1, c, 1, hw, par);
+                                }
+                                dw
+                            })
+                            .collect();
+                        let mut dw = vec![0f32; o * ck];
+                        for p in &partials {
+                            dw.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+                        }
+                        Ok((x_tr.then_some(dx), Some(dw), dgb))
+                    })
+                })
+            })
+        })?;
+        let (dx, dw, dgb) = out;
+        Ok((
+            dx.map(|v| Tensor::from_vec(v, x.shape(), x.device()))
+                .transpose()?,
+            dw.map(|v| Tensor::from_vec(v, w.shape(), w.device()))
+                .transpose()?,
+            if gb.track_op() {
+                Some(Tensor::from_vec(dgb, gb.shape(), gb.device())?)
+            } else {
+                None
+            },
+        ))
+    }
+}
+
+/// The fixed shape of a fused conv → BN (→ ReLU) (→ max-pool) layer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ConvBnCfg {
+    pub stride: usize,
+    pub padding: usize,
+    pub eps: f64,
+    pub relu: bool,
+    /// Max-pool kernel (= stride, floor mode) after the activation; 1 = no pooling.
+    pub pool: usize,
+}
+
+/// Convolution of `x` (N, C, H, W) with `w` (O, C, KH, KW), then batch normalization with
+/// affine `gamma`/`beta` (O), then ReLU if `cfg.relu`, then k×k max-pooling if `cfg.pool` > 1.
+///
+/// `fixed` holds the running (source) statistics; with `batch = Some(α)` the batch's own
+/// statistics are mixed in with weight α (1 = batch only), with `None` only `fixed` is used.
+/// Returns the output and, with batch statistics, those of the convolution output (for
+/// running-statistic updates). Gradients flow to `x`, `w`, `gamma` and `beta` as far as the
+/// graph tracks them; pooling routes them to the first maximum of each window, as PyTorch.
+pub fn conv_bn(
+    x: &Tensor,
+    w: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    (fixed_mean, fixed_var): (&[f32], &[f32]),
+    batch: Option<f32>,
+    cfg: ConvBnCfg,
+) -> Result<(Tensor, Option<BnStats>)> {
+    if !(x.device().is_cpu() && x.dtype() == candle_core::DType::F32) {
+        // Other devices: the composed ops (candle's conv2d, the composed batch norm).
+        let z = super::conv2d(x, w, cfg.stride, cfg.padding)?;
+        let stats = batch.map(|_| BnStats::of(&z)).transpose()?;
+        let mut y = super::batch_norm(
+            &z,
+            gamma,
+            beta,
+            (fixed_mean, fixed_var),
+            stats.as_ref(),
+            batch.unwrap_or(0.0),
+            cfg.eps,
+        )?;
+        if cfg.relu {
+            y = y.relu()?;
+        }
+        if cfg.pool > 1 {
+            y = super::max_pool2d(&y, cfg.pool)?;
+        }
+        return Ok((y, stats));
+    }
+    let gb = Tensor::stack(&[gamma, beta], 0)?;
+    let keep = x.track_op() || w.track_op() || gb.track_op();
+    let saved = Arc::new(Mutex::new(None));
+    let op = ConvBnOp {
+        stride: cfg.stride,
+        pad: cfg.padding,
+        relu: cfg.relu,
+        pool: cfg.pool.max(1),
+        fixed_mean: fixed_mean.to_vec(),
+        fixed_var: fixed_var.to_vec(),
+        use_batch: batch.is_some(),
+        alpha: batch.unwrap_or(0.0),
+        eps: cfg.eps,
+        keep,
+        saved: saved.clone(),
+    };
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    let y = if keep {
+        x.apply_op3(&w, &gb, op)?
+    } else {
+        x.apply_op3_no_bwd(&w, &gb, &op)?
+    };
+    let stats = saved
+        .lock()
+        .expect("conv_bn lock")
+        .as_mut()
+        .and_then(|s| s.stats.take());
+    Ok((y, stats))
+}
+
+struct AddRelu;
+
+impl CustomOp2 for AddRelu {
+    fn name(&self) -> &'static str {
+        "attune-add-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (a, b) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        if l1.dims() != l2.dims() {
+            candle_core::bail!(
+                "add_relu: shapes {:?} and {:?} differ",
+                l1.dims(),
+                l2.dims()
+            );
+        }
+        let mut y = vec![0f32; a.len()];
+        y.par_chunks_mut(1 << 14)
+            .zip(a.par_chunks(1 << 14).zip(b.par_chunks(1 << 14)))
+            .for_each(|(d, (a, b))| {
+                for ((d, a), b) in d.iter_mut().zip(a).zip(b) {
+                    *d = relu_f(a + b);
+                }
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = with_f32(res, |y| {
+            with_f32(dy, |d| {
+                let mut g = vec![0f32; y.len()];
+                g.par_chunks_mut(1 << 14)
+                    .zip(y.par_chunks(1 << 14).zip(d.par_chunks(1 << 14)))
+                    .for_each(|(g, (y, d))| {
+                        for ((g, y), d) in g.iter_mut().zip(y).zip(d) {
+                            *g = if *y > 0.0 { *d } else { 0.0 };
+                        }
+                    });
+                Ok(g)
+            })
+        })?;
+        let g = Tensor::from_vec(g, a.shape(), a.device())?;
+        Ok((a.track_op().then(|| g.clone()), b.track_op().then_some(g)))
+    }
+}
+
+/// `max(0, a + b)` (a residual connection followed by ReLU) as one op.
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.device().is_cpu() && a.dtype() == candle_core::DType::F32 {
+        let (a, b) = (a.contiguous()?, b.contiguous()?);
+        if a.track_op() || b.track_op() {
+            a.apply_op2(&b, AddRelu)
+        } else {
+            a.apply_op2_no_bwd(&b, &AddRelu)
+        }
+    } else {
+        (a + b)?.relu()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::batchnorm::batch_norm_composed;
+    use crate::ops::test_util::{assert_close, randn};
+    use candle_core::{Device, Var};
+
+    /// The composed reference: candle's conv2d, the composed batch norm, candle's ReLU.
+    #[allow(clippy::too_many_arguments)]
+    fn reference(
+        x: &Tensor,
+        w: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        sp: (usize, usize),
+        fixed: (&[f32], &[f32]),
+        use_batch: bool,
+        alpha: f32,
+        relu: bool,
+        pool: usize,
+    ) -> Tensor {
+        let dev = Device::Cpu;
+        let z = x.conv2d(w, sp.1, sp.0, 1, 1).unwrap();
+        let y = batch_norm_composed(
+            &z,
+            gamma,
+            beta,
+            (
+                &Tensor::new(fixed.0, &dev).unwrap(),
+                &Tensor::new(fixed.1, &dev).unwrap(),
+            ),
+            alpha as f64,
+            use_batch,
+            1e-5,
+        )
+        .unwrap();
+        let y = if relu { y.relu().unwrap() } else { y };
+        if pool > 1 {
+            crate::ops::max_pool2d(&y, pool).unwrap()
+        } else {
+            y
+        }
+    }
+
+    fn cfg(sp: (usize, usize), relu: bool, pool: usize) -> ConvBnCfg {
+        ConvBnCfg {
+            stride: sp.0,
+            padding: sp.1,
+            eps: 1e-5,
+            relu,
+            pool,
+        }
+    }
+
+    /// Forward values and every gradient (x, w, γ, β) against the composed reference.
+    #[allow(clippy::too_many_arguments)]
+    fn check(
+        dims: [usize; 4],
+        o: usize,
+        k: usize,
+        sp: (usize, usize),
+        use_batch: bool,
+        alpha: f32,
+        relu: bool,
+        pool: usize,
+        track: (bool, bool),
+    ) {
+        let [b, c, h, _] = dims;
+        let x = Var::from_tensor(&randn(&dims, 1)).unwrap();
+        let w = Var::from_tensor(&(randn(&[o, c, k, k], 2) * 0.5).unwrap()).unwrap();
+        let gamma = Var::from_tensor(&randn(&[o], 3).affine(0.3, 1.0).unwrap()).unwrap();
+        let beta = Var::from_tensor(&randn(&[o], 4).affine(0.3, 0.1).unwrap()).unwrap();
+        let fm: Vec<f32> = (0..o).map(|i| 0.05 * i as f32 - 0.1).collect();
+        let fv: Vec<f32> = (0..o).map(|i| 0.8 + 0.2 * i as f32).collect();
+        let xt = if track.0 {
+            x.as_tensor().clone()
+        } else {
+            x.as_tensor().detach()
+        };
+        let wt = if track.1 {
+            w.as_tensor().clone()
+        } else {
+            w.as_tensor().detach()
+        };
+        let (y, stats) = conv_bn(
+            &xt,
+            &wt,
+            gamma.as_tensor(),
+            beta.as_tensor(),
+            (&fm, &fv),
+            use_batch.then_some(alpha),
+            cfg(sp, relu, pool),
+        )
+        .unwrap();
+        let y_ref = reference(
+            &xt,
+            &wt,
+            gamma.as_tensor(),
+            beta.as_tensor(),
+            sp,
+            (&fm, &fv),
+            use_batch,
+            alpha,
+            relu,
+            pool,
+        );
+        assert_close(&y, &y_ref, 1e-4, "forward");
+        assert_eq!(stats.is_some(), use_batch);
+        if let Some(s) = stats {
+            let z = xt.conv2d(&wt, sp.1, sp.0, 1, 1).unwrap();
+            let want = BnStats::of(&z).unwrap();
+            for ch in 0..o {
+                assert!((s.mean[ch] - want.mean[ch]).abs() < 1e-5);
+                assert!((s.var[ch] - want.var[ch]).abs() < 1e-4 * (1.0 + want.var[ch]));
+            }
+            let ho = (h + 2 * sp.1 - k) / sp.0 + 1;
+            assert_eq!(s.count, b * ho * ho);
+        }
+        let up = randn(y.dims(), 5);
+        let gr = (&y * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        let gr_ref = (&y_ref * &up)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for (name, v, tracked) in [
+            ("dx", &x, track.0),
+            ("dw", &w, track.1),
+            ("dgamma", &gamma, true),
+            ("dbeta", &beta, true),
+        ] {
+            match (gr.get(v), gr_ref.get(v)) {
+                (Some(a), Some(b)) => assert_close(a, b, 5e-4, name),
+                (None, None) => assert!(!tracked, "{name}: no gradient"),
+                (a, b) => panic!(
+                    "{name}: fused {:?} vs reference {:?}",
+                    a.is_some(),
+                    b.is_some()
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn batch_stats_relu_matches_composed_ops() {
+        check(
+            [3, 2, 7, 7],
+            4,
+            3,
+            (1, 1),
+            true,
+            1.0,
+            true,
+            1,
+            (true, false),
+        );
+    }
+
+    #[test]
+    fn every_gradient_with_tracked_weight_matches() {
+        // More images than one weight-gradient chunk, so the chunked sum is exercised.
+        check(
+            [11, 3, 6, 6],
+            5,
+            3,
+            (1, 1),
+            true,
+            1.0,
+            true,
+            1,
+            (true, true),
+        );
+        check(
+            [2, 3, 6, 6],
+            5,
+            3,
+            (1, 1),
+            true,
+            1.0,
+            true,
+            1,
+            (false, true),
+        );
+    }
+
+    #[test]
+    fn frozen_input_and_weight_give_only_affine_gradients() {
+        check(
+            [4, 1, 8, 8],
+            3,
+            3,
+            (1, 1),
+            true,
+            1.0,
+            true,
+            1,
+            (false, false),
+        );
+    }
+
+    #[test]
+    fn fixed_and_alpha_statistics_match() {
+        check(
+            [3, 2, 7, 7],
+            4,
+            3,
+            (1, 1),
+            false,
+            0.0,
+            true,
+            1,
+            (true, true),
+        );
+        check(
+            [3, 2, 7, 7],
+            4,
+            3,
+            (1, 1),
+            true,
+            0.3,
+            false,
+            1,
+            (true, false),
+        );
+    }
+
+    #[test]
+    fn strided_and_pointwise_shortcuts_match() {
+        check(
+            [3, 4, 8, 8],
+            6,
+            3,
+            (2, 1),
+            true,
+            1.0,
+            true,
+            1,
+            (true, false),
+        );
+        check(
+            [3, 4, 8, 8],
+            6,
+            1,
+            (2, 0),
+            true,
+            1.0,
+            false,
+            1,
+            (true, true),
+        );
+        check(
+            [2, 4, 5, 5],
+            3,
+            1,
+            (1, 0),
+            true,
+            1.0,
+            false,
+            1,
+            (true, true),
+        );
+    }
+
+    #[test]
+    fn fused_max_pool_matches_pool_after_the_layer() {
+        // 7×7 → 3×3 drops the last row and column; 8×8 → 4×4 covers everything.
+        check(
+            [3, 2, 7, 7],
+            4,
+            3,
+            (1, 1),
+            true,
+            1.0,
+            true,
+            2,
+            (true, false),
+        );
+        check([9, 2, 8, 8], 4, 3, (1, 1), true, 1.0, true, 2, (true, true));
+        check(
+            [2, 1, 6, 6],
+            3,
+            3,
+            (1, 1),
+            true,
+            1.0,
+            true,
+            3,
+            (false, false),
+        );
+        check(
+            [2, 2, 8, 8],
+            3,
+            3,
+            (1, 1),
+            false,
+            0.0,
+            false,
+            2,
+            (true, true),
+        );
+    }
+
+    #[test]
+    fn eval_with_pool_and_no_gradient_matches() {
+        let x = randn(&[3, 2, 9, 9], 1);
+        let w = randn(&[4, 2, 3, 3], 2);
+        let (gamma, beta) = (randn(&[4], 3), randn(&[4], 4));
+        let (fm, fv) = ([0.2f32; 4], [1.5f32; 4]);
+        let (y, _) = conv_bn(
+            &x,
+            &w,
+            &gamma,
+            &beta,
+            (&fm, &fv),
+            None,
+            cfg((1, 1), true, 2),
+        )
+        .unwrap();
+        let y_ref = reference(
+            &x,
+            &w,
+            &gamma,
+            &beta,
+            (1, 1),
+            (&fm, &fv),
+            false,
+            0.0,
+            true,
+            2,
+        );
+        assert_eq!(y.dims(), &[3, 4, 4, 4]);
+        assert_close(&y, &y_ref, 1e-5, "eval + pool");
+    }
+
+    #[test]
+    fn single_image_uses_the_parallel_gemm() {
+        check(
+            [1, 8, 9, 9],
+            16,
+            3,
+            (1, 1),
+            true,
+            1.0,
+            true,
+            1,
+            (true, true),
+        );
+    }
+
+    #[test]
+    fn eval_without_gradients_keeps_no_state_and_matches() {
+        let x = randn(&[2, 3, 6, 6], 1);
+        let w = randn(&[4, 3, 3, 3], 2);
+        let gamma = randn(&[4], 3);
+        let beta = randn(&[4], 4);
+        let (fm, fv) = ([0.1f32; 4], [2.0f32; 4]);
+        let (y, stats) = conv_bn(
+            &x,
+            &w,
+            &gamma,
+            &beta,
+            (&fm, &fv),
+            None,
+            cfg((1, 1), true, 1),
+        )
+        .unwrap();
+        assert!(stats.is_none());
+        let y_ref = reference(
+            &x,
+            &w,
+            &gamma,
+            &beta,
+            (1, 1),
+            (&fm, &fv),
+            false,
+            0.0,
+            true,
+            1,
+        );
+        assert_close(&y, &y_ref, 1e-5, "eval forward");
+        // By hand for one value: relu(γ·(z − 0.1)/√(2 + 1e-5) + β).
+        let z = x.conv2d(&w, 1, 1, 1, 1).unwrap();
+        let z0 = z.flatten_all().unwrap().to_vec1::<f32>().unwrap()[0];
+        let (g0, b0) = (
+            gamma.to_vec1::<f32>().unwrap()[0],
+            beta.to_vec1::<f32>().unwrap()[0],
+        );
+        let want = (g0 * (z0 - 0.1) / (2.0f32 + 1e-5).sqrt() + b0).max(0.0);
+        let got = y.flatten_all().unwrap().to_vec1::<f32>().unwrap()[0];
+        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+    }
+
+    #[test]
+    fn weight_gradient_is_bitwise_deterministic() {
+        let x = randn(&[37, 3, 9, 9], 1);
+        let w = Var::from_tensor(&randn(&[4, 3, 3, 3], 2)).unwrap();
+        let gamma = Var::from_tensor(&randn(&[4], 3)).unwrap();
+        let beta = Var::from_tensor(&randn(&[4], 4)).unwrap();
+        let run = || {
+            let (y, _) = conv_bn(
+                &x,
+                w.as_tensor(),
+                gamma.as_tensor(),
+                beta.as_tensor(),
+                (&[0.0; 4], &[1.0; 4]),
+                Some(1.0),
+                cfg((1, 1), true, 2),
+            )
+            .unwrap();
+            let g = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+            [&w, &gamma, &beta]
+                .iter()
+                .map(|v| {
+                    g.get(v)
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<f32>()
+                        .unwrap()
+                })
+                .collect::<Vec<_>>()
+        };
+        let first = run();
+        for _ in 0..3 {
+            assert_eq!(run(), first);
+        }
+    }
+
+    #[test]
+    fn add_relu_matches_composed_and_routes_gradients() {
+        let a = Var::from_tensor(&randn(&[2, 3, 4, 4], 1)).unwrap();
+        let b = Var::from_tensor(&randn(&[2, 3, 4, 4], 2)).unwrap();
+        let up = randn(&[2, 3, 4, 4], 3);
+        let y = add_relu(a.as_tensor(), b.as_tensor()).unwrap();
+        let y_ref = (a.as_tensor() + b.as_tensor()).unwrap().relu().unwrap();
+        assert_close(&y, &y_ref, 1e-6, "forward");
+        let g = (&y * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        let g_ref = (&y_ref * &up)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for v in [&a, &b] {
+            assert_close(g.get(v).unwrap(), g_ref.get(v).unwrap(), 1e-6, "grad");
+        }
+        // By hand: relu(1 + (−3)) = 0 gets no gradient; relu(2 + 1) = 3 passes it.
+        let a = Var::new(&[1f32, 2.0], &Device::Cpu).unwrap();
+        let b = Tensor::new(&[-3f32, 1.0], &Device::Cpu).unwrap();
+        let y = add_relu(a.as_tensor(), &b).unwrap();
+        assert_eq!(y.to_vec1::<f32>().unwrap(), vec![0.0, 3.0]);
+        let g = y.sum_all().unwrap().backward().unwrap();
+        assert_eq!(g.get(&a).unwrap().to_vec1::<f32>().unwrap(), vec![0.0, 1.0]);
+        assert!(g.get(&b).is_none());
+    }
+}
