@@ -22,6 +22,7 @@ pub use evaluate::{EvaluateResult, EvaluateSpec};
 pub use train::{TrainResult, TrainSpec};
 
 /// What a job does, with its own fields.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum JobKind {
@@ -128,8 +129,10 @@ impl JobSpec {
         }
     }
 
+    /// Check the spec's values. The device is checked by name only (`cpu`, `cuda:N`), so a
+    /// host without that device (an API server, a CPU build) can validate a spec for another.
     pub fn validate(&self) -> Result<()> {
-        parse_device(&self.device)?;
+        check_device_name(&self.device)?;
         match &self.kind {
             JobKind::Train(s) => s.validate(),
             JobKind::Adapt(s) => s.validate(),
@@ -151,7 +154,21 @@ impl<'de> Deserialize<'de> for JobSpec {
     }
 }
 
-/// `cpu` or `cuda:N`.
+/// Check that `s` names a device (`cpu` or `cuda:N`) without opening it.
+pub fn check_device_name(s: &str) -> Result<()> {
+    let cuda = s
+        .strip_prefix("cuda:")
+        .is_some_and(|n| n.parse::<usize>().is_ok());
+    if s == "cpu" || cuda {
+        Ok(())
+    } else {
+        Err(EngineError::InvalidSpec(format!(
+            "device must be `cpu` or `cuda:N`, got `{s}`"
+        )))
+    }
+}
+
+/// `cpu` or `cuda:N`, opened (fails when this build or machine lacks the device).
 pub fn parse_device(s: &str) -> Result<candle_core::Device> {
     if s == "cpu" {
         return Ok(candle_core::Device::Cpu);
