@@ -47,9 +47,12 @@ export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 export ATTUNE_LISTEN=${ATTUNE_LISTEN:-127.0.0.1:8080}
 export ATTUNE_OBJECT_STORE=${ATTUNE_OBJECT_STORE:-$root/var/objects}
 export ATTUNE_WORK_DIR=${ATTUNE_WORK_DIR:-$root/var/work}
-echo "[service] building (release)"
-SQLX_OFFLINE=true cargo build --release -q -p attune-api -p attune-worker -p attune-cli
-bin=$root/target/release
+# ATTUNE_BUILD_PROFILE=dev uses a debug build (faster to compile, slower to run).
+profile=${ATTUNE_BUILD_PROFILE:-release}
+echo "[service] building ($profile)"
+SQLX_OFFLINE=true cargo build --profile "$profile" -q -p attune-api -p attune-worker -p attune-cli
+dir=$profile; [[ $profile == dev ]] && dir=debug
+bin=${CARGO_TARGET_DIR:-$root/target}/$dir
 "$bin/attune-api" migrate
 
 if [[ $mode == start ]]; then
@@ -74,6 +77,6 @@ if ! curl -fsS "http://$ATTUNE_LISTEN/readyz" >/dev/null; then
   exit 1
 fi
 echo "[service] api on http://$ATTUNE_LISTEN (Swagger UI at /docs), one cpu worker"
-echo "[service] make an API key: target/release/attune admin create-key --name me"
+echo "[service] make an API key: $bin/attune admin create-key --name me"
 [[ $mode == start ]] && { echo "[service] logs: var/api.log, var/worker.log; stop: scripts/service.sh stop"; exit 0; }
 wait

@@ -14,10 +14,10 @@ for f in migrations/*.sql; do
 done
 rm -rf .sqlx
 mkdir .sqlx
-# Make the macros expand again in every crate that has queries.
+# Make the macros expand again in every crate that has queries (service, worker).
 touch service/src/*.rs worker/src/*.rs
 SQLX_OFFLINE=false SQLX_OFFLINE_DIR="$PWD/.sqlx" \
   DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db" \
-  cargo check --workspace --all-targets -q
+  cargo build -q -p attune-service -p attune-worker --lib
 psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE $db"
 echo "[sqlx-prepare] $(ls .sqlx | wc -l) queries in .sqlx/"

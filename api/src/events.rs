@@ -47,19 +47,26 @@ pub async fn events(
             if job.status != last_status {
                 last_status = job.status.clone();
                 let w = crate::jobs::waiting(&state, &job).await.ok().flatten();
-                let v = serde_json::to_value(JobView::of(job.clone(), false, w)).unwrap_or_default();
+                let v =
+                    serde_json::to_value(JobView::of(job.clone(), false, w)).unwrap_or_default();
                 if tx.send(ev("status", v)).await.is_err() {
                     return;
                 }
             }
             if job.progress.is_some() && job.progress != last_progress {
                 last_progress = job.progress.clone();
-                if tx.send(ev("progress", job.progress.clone().unwrap_or_default())).await.is_err() {
+                if tx
+                    .send(ev("progress", job.progress.clone().unwrap_or_default()))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
             loop {
-                let Ok(lines) = store::logs(&state.pool, job.id, last_log, 500).await else { break };
+                let Ok(lines) = store::logs(&state.pool, job.id, last_log, 500).await else {
+                    break;
+                };
                 let n = lines.len();
                 for l in lines {
                     last_log = l.id;
@@ -73,7 +80,10 @@ pub async fn events(
                 }
             }
             loop {
-                let Ok(rows) = store::metrics_since(&state.pool, job.id, last_seq, 1000).await else { break };
+                let Ok(rows) = store::metrics_since(&state.pool, job.id, last_seq, 1000).await
+                else {
+                    break;
+                };
                 let n = rows.len();
                 if n == 0 {
                     break;

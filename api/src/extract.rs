@@ -19,7 +19,10 @@ impl FromRequestParts<AppState> for Auth {
         let token = h
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
             .or_else(|| h.get("x-api-key").and_then(|v| v.to_str().ok()))
             .map(str::trim)
             .ok_or(ApiError::Unauthorized)?;
@@ -48,9 +51,10 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Body<T> {
                 }
             }
         })?;
-        let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| ApiError::InvalidJson {
-            msg: format!("the body is not valid JSON: {e}"),
-        })?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| ApiError::InvalidJson {
+                msg: format!("the body is not valid JSON: {e}"),
+            })?;
         let t = serde_json::from_value(v).map_err(|e| {
             let msg = e.to_string();
             ApiError::InvalidParam {
@@ -71,10 +75,22 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Q<T> {
         Query::<T>::try_from_uri(&parts.uri)
             .map(|q| Q(q.0))
             .map_err(|e| {
-                let msg = e.body_text();
+                let text = e.body_text();
+                let msg = text
+                    .strip_prefix("Failed to deserialize query string: ")
+                    .unwrap_or(&text)
+                    .to_string();
+                // axum reports type errors as `<param>: <message>`.
+                let by_path = msg.split_once(": ").and_then(|(p, _)| {
+                    p.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_')
+                        .then(|| p.to_string())
+                });
                 ApiError::InvalidParam {
-                    field: spec_field(&msg).unwrap_or_else(|| "query".into()),
-                    msg,
+                    field: spec_field(&msg)
+                        .or(by_path)
+                        .unwrap_or_else(|| "query".into()),
+                    msg: format!("query string: {msg}"),
                 }
             })
     }

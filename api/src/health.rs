@@ -29,7 +29,10 @@ pub async fn healthz() -> Json<Health> {
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses((status = 200, body = Ready), (status = 503, description = "A dependency is down", body = Ready)))]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let pg = match sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&state.pool).await {
+    let pg = match sqlx::query_scalar::<_, i32>("SELECT 1")
+        .fetch_one(&state.pool)
+        .await
+    {
         Ok(_) => "ok".to_string(),
         Err(e) => e.to_string(),
     };
@@ -61,8 +64,5 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     security(("api_key" = [])))]
 pub async fn metrics(State(state): State<AppState>, _auth: Auth) -> ApiResult<impl IntoResponse> {
     let body = crate::prom::render(&state).await?;
-    Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        body,
-    ))
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body))
 }

@@ -64,7 +64,9 @@ pub async fn waiting(state: &AppState, j: &JobRow) -> ApiResult<Option<String>> 
             j.attempts
         )));
     }
-    Ok(Some(format!("waiting for one of {live} live `{q}` worker(s)")))
+    Ok(Some(format!(
+        "waiting for one of {live} live `{q}` worker(s)"
+    )))
 }
 
 async fn view(state: &AppState, j: JobRow, with_result: bool) -> ApiResult<JobView> {
@@ -219,7 +221,10 @@ pub async fn list(
     }
     let limit = p.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
-        return Err(ApiError::param("limit", format!("must be 1 to 500, got {limit}")));
+        return Err(ApiError::param(
+            "limit",
+            format!("must be 1 to 500, got {limit}"),
+        ));
     }
     let f = JobFilter {
         status: p.status,
@@ -315,8 +320,10 @@ pub async fn runs(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Vec<RunView>>> {
     let j = owned_job(&state, owner, &id).await?;
-    let counts: std::collections::HashMap<Uuid, i64> =
-        store::metric_counts(&state.pool, j.id).await?.into_iter().collect();
+    let counts: std::collections::HashMap<Uuid, i64> = store::metric_counts(&state.pool, j.id)
+        .await?
+        .into_iter()
+        .collect();
     Ok(Json(
         store::list_runs(&state.pool, j.id)
             .await?
@@ -377,13 +384,18 @@ fn decode_metric_cursor(s: &str) -> ApiResult<(String, String, i64)> {
     hex::decode(s)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or_else(|| ApiError::param("cursor", format!("`{s}` is not a cursor this api returned")))
+        .ok_or_else(|| {
+            ApiError::param("cursor", format!("`{s}` is not a cursor this api returned"))
+        })
 }
 
 fn check_limit(limit: Option<i64>, default: i64, max: i64) -> ApiResult<i64> {
     let l = limit.unwrap_or(default);
     if !(1..=max).contains(&l) {
-        return Err(ApiError::param("limit", format!("must be 1 to {max}, got {l}")));
+        return Err(ApiError::param(
+            "limit",
+            format!("must be 1 to {max}, got {l}"),
+        ));
     }
     Ok(l)
 }
@@ -401,7 +413,11 @@ async fn metric_page(
         .take(limit as usize)
         .map(|(_, p)| p.into())
         .collect();
-    let next_cursor = if more { points.last().map(metric_cursor) } else { None };
+    let next_cursor = if more {
+        points.last().map(metric_cursor)
+    } else {
+        None
+    };
     Ok(MetricPage {
         run_id,
         points,
@@ -412,7 +428,10 @@ async fn metric_page(
 fn metric_filter(p: &MetricParams) -> ApiResult<MetricFilter> {
     if let (Some(a), Some(b)) = (p.step_from, p.step_to) {
         if a > b {
-            return Err(ApiError::param("step_from", format!("{a} is after step_to {b}")));
+            return Err(ApiError::param(
+                "step_from",
+                format!("{a} is after step_to {b}"),
+            ));
         }
     }
     Ok(MetricFilter {
@@ -439,7 +458,9 @@ pub async fn run_metrics(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("run {uid}"), "id"))?;
     let limit = check_limit(p.limit, 1000, 10000)?;
-    Ok(Json(metric_page(&state, r.id, &metric_filter(&p)?, limit).await?))
+    Ok(Json(
+        metric_page(&state, r.id, &metric_filter(&p)?, limit).await?,
+    ))
 }
 
 /// Metric history of the job's current (or last) run; see `/v1/runs/{id}/metrics`.
@@ -462,7 +483,9 @@ pub async fn job_metrics(
             .ok_or_else(|| ApiError::not_found(format!("a run of job {}", j.id), "id"))?,
     };
     let limit = check_limit(p.limit, 1000, 10000)?;
-    Ok(Json(metric_page(&state, run, &metric_filter(&p)?, limit).await?))
+    Ok(Json(
+        metric_page(&state, run, &metric_filter(&p)?, limit).await?,
+    ))
 }
 
 /// Metrics of several runs at once (e.g. to compare methods across jobs).
@@ -488,7 +511,10 @@ pub async fn batch_metrics(
     let mut out = vec![];
     for (i, r) in req.runs.iter().enumerate() {
         if store::get_run(&state.pool, owner, *r).await?.is_none() {
-            return Err(ApiError::not_found(format!("run {r}"), format!("runs[{i}]")));
+            return Err(ApiError::not_found(
+                format!("run {r}"),
+                format!("runs[{i}]"),
+            ));
         }
         out.push(metric_page(&state, *r, &f, limit).await?);
     }
@@ -583,7 +609,12 @@ pub async fn download(
     let bytes = tokio::task::spawn_blocking(move || store.get(&sha))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
-    let file = c.name.rsplit('/').next().unwrap_or("checkpoint.safetensors").to_string();
+    let file = c
+        .name
+        .rsplit('/')
+        .next()
+        .unwrap_or("checkpoint.safetensors")
+        .to_string();
     Ok((
         StatusCode::OK,
         [
@@ -592,7 +623,10 @@ pub async fn download(
                 header::CONTENT_DISPOSITION,
                 format!("attachment; filename=\"{file}\""),
             ),
-            (header::HeaderName::from_static("x-checksum-sha256"), c.sha256),
+            (
+                header::HeaderName::from_static("x-checksum-sha256"),
+                c.sha256,
+            ),
         ],
         bytes,
     )

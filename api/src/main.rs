@@ -31,7 +31,11 @@ struct Args {
     /// Address to listen on.
     #[arg(long, env = "ATTUNE_LISTEN", default_value = "127.0.0.1:8080")]
     listen: String,
-    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/attune")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/attune"
+    )]
     database_url: String,
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     redis_url: String,

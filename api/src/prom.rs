@@ -105,7 +105,10 @@ pub async fn render(state: &AppState) -> Result<String, attune_service::Error> {
     }
     let (counts, n, sum) = store::run_duration_histogram(&state.pool, &DURATION_BUCKETS).await?;
     out.push_str("# HELP attune_job_duration_seconds Wall time of succeeded runs (attempts).\n# TYPE attune_job_duration_seconds histogram\n");
-    for (b, c) in DURATION_BUCKETS.iter().zip(counts.iter().chain(std::iter::repeat(&0))) {
+    for (b, c) in DURATION_BUCKETS
+        .iter()
+        .zip(counts.iter().chain(std::iter::repeat(&0)))
+    {
         writeln!(out, "attune_job_duration_seconds_bucket{{le=\"{b}\"}} {c}").ok();
     }
     writeln!(out, "attune_job_duration_seconds_bucket{{le=\"+Inf\"}} {n}").ok();
@@ -118,4 +121,3 @@ pub async fn render(state: &AppState) -> Result<String, attune_service::Error> {
     out.push_str(&String::from_utf8_lossy(&buf));
     Ok(out)
 }
-

@@ -89,7 +89,12 @@ pub async fn get_one(
     Ok(Json(ScheduleView::of(s, fires)))
 }
 
-async fn set_paused(state: &AppState, owner: uuid::Uuid, id: &str, paused: bool) -> ApiResult<Json<ScheduleView>> {
+async fn set_paused(
+    state: &AppState,
+    owner: uuid::Uuid,
+    id: &str,
+    paused: bool,
+) -> ApiResult<Json<ScheduleView>> {
     let uid = parse_id(id, "id")?;
     let s = schedule::set_paused(&state.pool, owner, uid, paused)
         .await?

@@ -47,7 +47,9 @@ impl PartialSchema for JobSpecDoc {
             );
         AllOfBuilder::new()
             .item(common)
-            .item(RefOr::Ref(utoipa::openapi::Ref::from_schema_name("JobKind")))
+            .item(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
+                "JobKind",
+            )))
             .description(Some(
                 "A job spec: common fields plus one kind's fields (see JobKind), flat.",
             ))

@@ -9,7 +9,12 @@ use std::path::PathBuf;
 #[derive(clap::Args, Clone)]
 pub struct Remote {
     /// Base URL of the Attune API.
-    #[arg(long, env = "ATTUNE_API_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "ATTUNE_API_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
     pub api_url: String,
     /// API key (create one with `attune admin create-key`).
     #[arg(long, env = "ATTUNE_API_KEY", hide_env_values = true, global = true)]
@@ -52,7 +57,11 @@ pub enum Admin {
         #[arg(long, default_value = "default")]
         name: String,
         /// Postgres of the service (migrations are applied if needed).
-        #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/attune")]
+        #[arg(
+            long,
+            env = "DATABASE_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/attune"
+        )]
         database_url: String,
     },
 }
@@ -122,7 +131,9 @@ fn line(j: &Value) -> String {
 pub async fn submit(r: &Remote, a: SubmitArgs) -> Result<()> {
     let c = Client::new(r)?;
     let spec = crate::read_spec(&a.spec)?;
-    let mut rb = c.req(reqwest::Method::POST, "/v1/jobs").json(&spec.to_value());
+    let mut rb = c
+        .req(reqwest::Method::POST, "/v1/jobs")
+        .json(&spec.to_value());
     if let Some(k) = &a.idempotency_key {
         rb = rb.header("Idempotency-Key", k);
     }
@@ -143,7 +154,9 @@ pub async fn submit(r: &Remote, a: SubmitArgs) -> Result<()> {
 
 pub async fn status(r: &Remote, id: &str) -> Result<()> {
     let c = Client::new(r)?;
-    let j = c.send(c.req(reqwest::Method::GET, &format!("/v1/jobs/{id}"))).await?;
+    let j = c
+        .send(c.req(reqwest::Method::GET, &format!("/v1/jobs/{id}")))
+        .await?;
     println!("{}", line(&j));
     println!("attempts {}/{}", j["attempts"], j["max_attempts"]);
     if let Some(w) = j["waiting"].as_str() {
@@ -214,7 +227,11 @@ pub async fn logs(r: &Remote, id: &str, follow_it: bool) -> Result<()> {
 }
 
 fn print_log(l: &Value) {
-    let warn = if l["level"] == "warn" { "warning: " } else { "" };
+    let warn = if l["level"] == "warn" {
+        "warning: "
+    } else {
+        ""
+    };
     println!(
         "[attempt {}] {}{}",
         l["attempt"],

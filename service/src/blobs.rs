@@ -97,7 +97,10 @@ mod tests {
         let bytes = b"hello checkpoint".to_vec();
         let sha = sha256_hex(&bytes);
         // `printf 'hello checkpoint' | sha256sum`
-        assert_eq!(sha, "25d53189612c26a57f2a5f0ab872b83a2a24a74853cf15789aca0b494b2835fa");
+        assert_eq!(
+            sha,
+            "25d53189612c26a57f2a5f0ab872b83a2a24a74853cf15789aca0b494b2835fa"
+        );
         store.put(&sha, &bytes).unwrap();
         assert_eq!(store.get(&sha).unwrap(), bytes);
         assert_eq!(store.check(&sha), "ok");

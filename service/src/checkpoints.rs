@@ -70,7 +70,10 @@ pub fn collect(
         let (_, sidecar) = attune_engine::models::Model::paths(&file);
         let info = match std::fs::read_to_string(&sidecar) {
             Ok(t) => Some(serde_json::from_str(&t).map_err(|e| {
-                Error::invalid(sidecar.display().to_string(), format!("not valid JSON: {e}"))
+                Error::invalid(
+                    sidecar.display().to_string(),
+                    format!("not valid JSON: {e}"),
+                )
             })?),
             Err(_) => None,
         };

@@ -95,7 +95,11 @@ impl Queue {
         }
     }
 
-    fn delivery(q: QueueName, id: String, map: &std::collections::HashMap<String, Value>) -> Delivery {
+    fn delivery(
+        q: QueueName,
+        id: String,
+        map: &std::collections::HashMap<String, Value>,
+    ) -> Delivery {
         let job_id = map.get("job").and_then(|v| match v {
             Value::BulkString(b) => std::str::from_utf8(b).ok().and_then(|s| s.parse().ok()),
             Value::SimpleString(s) => s.parse().ok(),

@@ -22,9 +22,10 @@ pub struct ReconcileConfig {
 /// One pass over every queue; returns how many jobs were re-enqueued.
 pub async fn reconcile_once(pool: &PgPool, queue: &Queue, cfg: ReconcileConfig) -> Result<usize> {
     let mut tx = pool.begin().await?;
-    let locked: bool = sqlx::query_scalar!("SELECT pg_try_advisory_xact_lock($1) AS \"l!\"", LOCK_KEY)
-        .fetch_one(&mut *tx)
-        .await?;
+    let locked: bool =
+        sqlx::query_scalar!("SELECT pg_try_advisory_xact_lock($1) AS \"l!\"", LOCK_KEY)
+            .fetch_one(&mut *tx)
+            .await?;
     if !locked {
         return Ok(0);
     }

@@ -30,8 +30,12 @@ pub fn parse_cron(expr: &str) -> Result<cron::Schedule> {
             ))
         }
     };
-    cron::Schedule::from_str(&full)
-        .map_err(|e| Error::invalid("cron", format!("`{expr}` is not a valid cron expression: {e}")))
+    cron::Schedule::from_str(&full).map_err(|e| {
+        Error::invalid(
+            "cron",
+            format!("`{expr}` is not a valid cron expression: {e}"),
+        )
+    })
 }
 
 /// The first time strictly after `t`.

@@ -610,7 +610,12 @@ pub enum Finished {
     Status(JobStatus),
 }
 
-pub async fn finish(pool: &PgPool, job_id: Uuid, run_id: Uuid, outcome: Outcome) -> Result<Finished> {
+pub async fn finish(
+    pool: &PgPool,
+    job_id: Uuid,
+    run_id: Uuid,
+    outcome: Outcome,
+) -> Result<Finished> {
     let mut tx = pool.begin().await?;
     let Some(job) = sqlx::query!(
         "SELECT attempts, max_attempts FROM jobs
@@ -714,10 +719,7 @@ pub async fn finish(pool: &PgPool, job_id: Uuid, run_id: Uuid, outcome: Outcome)
                 }
                 _ => {
                     let error = if retry_after.is_some() {
-                        format!(
-                            "{error} (attempt {} of {})",
-                            job.attempts, job.max_attempts
-                        )
+                        format!("{error} (attempt {} of {})", job.attempts, job.max_attempts)
                     } else {
                         error
                     };
@@ -972,14 +974,14 @@ pub async fn worker_stopped(pool: &PgPool, id: &str) -> Result<()> {
 
 /// Jobs per (queue, status).
 pub async fn job_counts(pool: &PgPool) -> Result<Vec<(String, String, i64)>> {
-    Ok(sqlx::query!(
-        "SELECT queue, status, count(*) AS \"n!\" FROM jobs GROUP BY queue, status"
+    Ok(
+        sqlx::query!("SELECT queue, status, count(*) AS \"n!\" FROM jobs GROUP BY queue, status")
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .map(|r| (r.queue, r.status, r.n))
+            .collect(),
     )
-    .fetch_all(pool)
-    .await?
-    .into_iter()
-    .map(|r| (r.queue, r.status, r.n))
-    .collect())
 }
 
 /// Cumulative histogram of run durations (seconds) of succeeded runs: counts ≤ each bound,

@@ -77,8 +77,14 @@ impl Worker {
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
         let cfg = &self.cfg;
         let q = cfg.queue;
-        store::register_worker(&self.pool, &cfg.worker_id, q, &hostname(), attune_engine::ENGINE_VERSION)
-            .await?;
+        store::register_worker(
+            &self.pool,
+            &cfg.worker_id,
+            q,
+            &hostname(),
+            attune_engine::ENGINE_VERSION,
+        )
+        .await?;
         tracing::info!(worker = %cfg.worker_id, queue = %q, "worker started");
         let stop_bg = CancellationToken::new();
         let hb = tokio::spawn(worker_heartbeat(

@@ -7,9 +7,17 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "attune-worker", version, about = "Run Attune jobs from the Redis queue")]
+#[command(
+    name = "attune-worker",
+    version,
+    about = "Run Attune jobs from the Redis queue"
+)]
 struct Args {
-    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/attune")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/attune"
+    )]
     database_url: String,
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     redis_url: String,

@@ -239,7 +239,10 @@ pub(crate) async fn execute(
             return Ok(());
         }
     };
-    let out_dir = cfg.work_dir.join(job_id.to_string()).join(run_id.to_string());
+    let out_dir = cfg
+        .work_dir
+        .join(job_id.to_string())
+        .join(run_id.to_string());
     let cancel = CancelToken::new();
     w.running
         .lock()
@@ -319,18 +322,17 @@ pub(crate) async fn execute(
     w.running.lock().expect("lock").remove(&job_id);
     // Whether the api asked for it (the listener flips the token directly).
     let cancel_wanted = cancel_requested.load(Ordering::SeqCst)
-        || sqlx::query_scalar!(
-            "SELECT cancel_requested FROM jobs WHERE id = $1",
-            job_id
-        )
-        .fetch_optional(&w.pool)
-        .await?
-        .unwrap_or(false);
+        || sqlx::query_scalar!("SELECT cancel_requested FROM jobs WHERE id = $1", job_id)
+            .fetch_optional(&w.pool)
+            .await?
+            .unwrap_or(false);
     if cancel.is_cancelled() && cancel_wanted && !released {
         let n = after_cancel.load(Ordering::SeqCst);
         let _ = tx.send(Event::Log {
             level: LogLevel::Info,
-            message: format!("cancelled: {n} batch(es) finished after the request reached the engine"),
+            message: format!(
+                "cancelled: {n} batch(es) finished after the request reached the engine"
+            ),
         });
     }
     drop(tx);

@@ -80,13 +80,19 @@ impl JobSpec {
                 "missing field `kind` (one of: train, adapt, evaluate)".into(),
             ));
         }
+        let rest = v.clone();
         let kind: JobKind = serde_json::from_value(v).map_err(|e| {
             let msg = e.to_string();
             // serde names the kind's own fields; the common ones are valid too.
             EngineError::InvalidSpec(if msg.contains("unknown field") {
                 format!("{msg} (or a common field: {})", COMMON_FIELDS.join(", "))
-            } else {
+            } else if msg.contains("field `") {
                 msg
+            } else {
+                match error_field(&rest) {
+                    Some(f) => format!("field `{f}`: {msg}"),
+                    None => msg,
+                }
             })
         })?;
         let spec = Self {
@@ -138,6 +144,27 @@ impl JobSpec {
             JobKind::Adapt(s) => s.validate(),
             JobKind::Evaluate(s) => s.validate(),
         }
+    }
+}
+
+/// The field a kind's deserialization error is about. serde's internally tagged enums lose the
+/// field name of type errors (`invalid type: string "x", expected usize`); deserializing the
+/// kind's own struct again, tracking the path, finds it.
+fn error_field(v: &serde_json::Value) -> Option<String> {
+    fn path<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Option<String> {
+        serde_path_to_error::deserialize::<_, T>(v)
+            .err()
+            .map(|e| e.path().to_string())
+            .filter(|p| p != ".")
+    }
+    let mut rest = v.as_object()?.clone();
+    let kind = rest.remove("kind")?;
+    let rest = serde_json::Value::Object(rest);
+    match kind.as_str()? {
+        "train" => path::<TrainSpec>(rest),
+        "adapt" => path::<AdaptSpec>(rest),
+        "evaluate" => path::<EvaluateSpec>(rest),
+        _ => None,
     }
 }
 

@@ -77,13 +77,14 @@ pub fn quick_spec() -> Value {
     })
 }
 
-/// An adapt job with many small batches (TENT on 5 corruptions × 300 images, batch 10).
+/// An adapt job of a few seconds with many small batches (TENT, 10 steps per batch, on 5
+/// corruptions × 300 images, batch 10: 150 batches).
 pub fn long_adapt_spec() -> Value {
     json!({
         "kind": "adapt", "model": fixture().model,
         "corruptions": ["gaussian_noise", "shot_noise", "contrast", "brightness", "pixelate"],
         "severity": 3, "n_examples": 300, "batch_size": 10, "forgetting_examples": 0,
-        "methods": [{"method": "tent"}]
+        "methods": [{"method": "tent", "steps": 10}]
     })
 }
 
@@ -116,7 +117,9 @@ impl TestApp {
         let queue = Queue::connect(REDIS, &prefix, Duration::ZERO)
             .await
             .expect("Redis at 127.0.0.1:6379 (scripts/services.sh starts it)");
-        let (_, token) = attune_service::store::create_key(&pool, "test").await.unwrap();
+        let (_, token) = attune_service::store::create_key(&pool, "test")
+            .await
+            .unwrap();
         let mut app = Self {
             base: String::new(),
             db_name,
@@ -154,7 +157,9 @@ impl TestApp {
         let cfg = self.api_config();
         let s = stop.clone();
         let h = tokio::spawn(async move {
-            attune_api::serve(cfg, listener, s).await.expect("api serves");
+            attune_api::serve(cfg, listener, s)
+                .await
+                .expect("api serves");
         });
         self.apis.push((stop, h));
         let base = format!("http://{addr}");
@@ -251,7 +256,10 @@ impl TestApp {
         let r = rb.send().await.unwrap();
         let s = r.status();
         let text = r.text().await.unwrap();
-        (s, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            s,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
@@ -272,7 +280,12 @@ impl TestApp {
     }
 
     /// Poll the job until `done(job)` holds; panics after `timeout`.
-    pub async fn wait_job(&self, id: Uuid, timeout: Duration, done: impl Fn(&Value) -> bool) -> Value {
+    pub async fn wait_job(
+        &self,
+        id: Uuid,
+        timeout: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
         let t = Instant::now();
         loop {
             let (s, v) = self.get(&format!("/v1/jobs/{id}")).await;
