@@ -38,13 +38,12 @@ fn is_plain_relative(p: &Path) -> bool {
     p.components().all(|c| matches!(c, Component::Normal(_)))
 }
 
+/// Checkpoints written (stored) and (sha256, path) of checkpoints read.
+pub type Collected = (Vec<NewCheckpoint>, Vec<(String, String)>);
+
 /// Split the result's checkpoints into the ones the job wrote (stored in `store` here, after
 /// checking their sha256) and the (sha256, path) of the ones it read.
-pub fn collect(
-    result: &Value,
-    out_dir: &Path,
-    store: &ObjectStore,
-) -> Result<(Vec<NewCheckpoint>, Vec<(String, String)>)> {
+pub fn collect(result: &Value, out_dir: &Path, store: &ObjectStore) -> Result<Collected> {
     let mut outputs: BTreeMap<String, NewCheckpoint> = BTreeMap::new();
     let mut inputs = vec![];
     for (path, sha) in refs(result) {

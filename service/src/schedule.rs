@@ -182,7 +182,7 @@ pub async fn fire_due(pool: &PgPool) -> Result<Vec<JobRow>> {
             }
         };
         let job = insert_job(
-            &mut *tx,
+            &mut tx,
             &NewJob {
                 owner: s.owner,
                 spec: &spec,
