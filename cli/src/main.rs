@@ -2,6 +2,7 @@
 
 mod output;
 mod plot;
+mod remote;
 
 use anyhow::{Context as _, Result};
 use attune_engine::jobs::{self, CancelToken, Context, Event, JobSpec, LogLevel, Observer};
@@ -21,6 +22,8 @@ const SPEC_REFERENCE: &str = include_str!("../../docs/spec.md");
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    remote: remote::Remote,
 }
 
 #[derive(Subcommand)]
@@ -28,6 +31,26 @@ enum Command {
     /// Run a job spec in this process, with no servers, and write its results to a folder.
     #[command(after_long_help = SPEC_REFERENCE)]
     Run(RunArgs),
+    /// Submit a job spec to the Attune API; prints the job id.
+    Submit(remote::SubmitArgs),
+    /// Show a job's status, progress, error and checkpoints.
+    Status {
+        /// Job id.
+        id: String,
+    },
+    /// Print a job's log; with --follow, stream it live until the job finishes.
+    Logs {
+        /// Job id.
+        id: String,
+        /// Stream live (server-sent events) until the job finishes.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// List your jobs, newest first.
+    Jobs(remote::JobsArgs),
+    /// Administration that talks to Postgres directly.
+    #[command(subcommand)]
+    Admin(remote::Admin),
 }
 
 #[derive(clap::Args)]
@@ -198,8 +221,25 @@ fn rayon_threads() -> usize {
 fn main() {
     attune_engine::tune_allocator();
     let cli = Cli::parse();
+    let remote = cli.remote;
     let r = match cli.command {
         Command::Run(a) => run(a),
+        other => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| {
+                rt.block_on(async {
+                    match other {
+                        Command::Submit(a) => remote::submit(&remote, a).await,
+                        Command::Status { id } => remote::status(&remote, &id).await,
+                        Command::Logs { id, follow } => remote::logs(&remote, &id, follow).await,
+                        Command::Jobs(a) => remote::jobs(&remote, a).await,
+                        Command::Admin(a) => remote::admin(a).await,
+                        Command::Run(_) => unreachable!("handled above"),
+                    }
+                })
+            }),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");

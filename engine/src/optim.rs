@@ -9,6 +9,7 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 /// Optimizer settings, with the names of PyTorch's `torch.optim`.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "name", rename_all = "snake_case", deny_unknown_fields)]
 pub enum OptimizerSpec {

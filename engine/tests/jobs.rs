@@ -337,6 +337,22 @@ fn bad_specs_name_the_problem_and_the_valid_choices() {
     assert!(e.contains("cifar10") && e.contains("fashion_mnist"), "{e}");
     let e = err(json!({"kind": "train", "dataset": "mnist", "device": "tpu"}));
     assert!(e.contains("device must be `cpu` or `cuda:N`"), "{e}");
+    // A type error inside a kind names its field (serde's tagged enums alone do not).
+    let e = err(json!({"kind": "train", "dataset": "mnist", "epochs": "many"}));
+    assert!(
+        e.starts_with("invalid spec: field `epochs`: invalid type"),
+        "{e}"
+    );
+    let e = err(
+        json!({"kind": "train", "dataset": "mnist", "architecture": {"arch": "cnn", "channels": [8, "x"]}}),
+    );
+    assert!(e.contains("field `architecture"), "{e}");
+    // A device this build or machine lacks is still a valid name (an api validates specs
+    // for gpu workers); running it reports the device.
+    assert!(
+        JobSpec::from_value(json!({"kind": "train", "dataset": "mnist", "device": "cuda:0"}))
+            .is_ok()
+    );
 
     // Missing data: the message names the command that fetches it.
     let empty = tempfile::tempdir().unwrap();

@@ -28,6 +28,7 @@ pub(crate) mod primitives;
 mod weather;
 
 /// One of the 15 benchmark corruptions of CIFAR-10-C, in the Hendrycks order.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Corruption {

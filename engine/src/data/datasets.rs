@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 pub const FETCH_CMD: &str = "scripts/fetch-data.sh";
 
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Dataset {

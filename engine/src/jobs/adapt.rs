@@ -26,6 +26,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// How the stream is presented to the methods (the reference libraries' names).
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Setting {
@@ -57,10 +58,12 @@ impl Setting {
     }
 }
 
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdaptSpec {
     /// Source checkpoint (`<name>.safetensors`, with its `<name>.json` beside it).
+    #[cfg_attr(feature = "schema", schema(value_type = String))]
     pub model: PathBuf,
     /// Test data; default: the dataset the model was trained on.
     #[serde(default)]
@@ -93,6 +96,7 @@ pub struct AdaptSpec {
     pub n_examples: Option<usize>,
     /// Read corrupted images from this directory in the CIFAR-10-C layout instead of generating them.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schema(value_type = Option<String>))]
     pub corrupted_dir: Option<PathBuf>,
     /// Save each weight-adapting method's final model in the output folder.
     #[serde(default = "yes")]

@@ -16,10 +16,12 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvaluateSpec {
     /// Checkpoints to evaluate (each `<name>.safetensors` with its `<name>.json`).
+    #[cfg_attr(feature = "schema", schema(value_type = Vec<String>))]
     pub checkpoints: Vec<PathBuf>,
     /// Test data; default: the dataset the first checkpoint was trained on.
     #[serde(default)]
@@ -40,6 +42,7 @@ pub struct EvaluateSpec {
     pub batch_size: usize,
     /// Read corrupted images from this directory in the CIFAR-10-C layout instead of generating them.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schema(value_type = Option<String>))]
     pub corrupted_dir: Option<PathBuf>,
 }
 

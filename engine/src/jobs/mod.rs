@@ -22,6 +22,7 @@ pub use evaluate::{EvaluateResult, EvaluateSpec};
 pub use train::{TrainResult, TrainSpec};
 
 /// What a job does, with its own fields.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum JobKind {
@@ -79,13 +80,19 @@ impl JobSpec {
                 "missing field `kind` (one of: train, adapt, evaluate)".into(),
             ));
         }
+        let rest = v.clone();
         let kind: JobKind = serde_json::from_value(v).map_err(|e| {
             let msg = e.to_string();
             // serde names the kind's own fields; the common ones are valid too.
             EngineError::InvalidSpec(if msg.contains("unknown field") {
                 format!("{msg} (or a common field: {})", COMMON_FIELDS.join(", "))
-            } else {
+            } else if msg.contains("field `") {
                 msg
+            } else {
+                match error_field(&rest) {
+                    Some(f) => format!("field `{f}`: {msg}"),
+                    None => msg,
+                }
             })
         })?;
         let spec = Self {
@@ -128,13 +135,36 @@ impl JobSpec {
         }
     }
 
+    /// Check the spec's values. The device is checked by name only (`cpu`, `cuda:N`), so a
+    /// host without that device (an API server, a CPU build) can validate a spec for another.
     pub fn validate(&self) -> Result<()> {
-        parse_device(&self.device)?;
+        check_device_name(&self.device)?;
         match &self.kind {
             JobKind::Train(s) => s.validate(),
             JobKind::Adapt(s) => s.validate(),
             JobKind::Evaluate(s) => s.validate(),
         }
+    }
+}
+
+/// The field a kind's deserialization error is about. serde's internally tagged enums lose the
+/// field name of type errors (`invalid type: string "x", expected usize`); deserializing the
+/// kind's own struct again, tracking the path, finds it.
+fn error_field(v: &serde_json::Value) -> Option<String> {
+    fn path<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Option<String> {
+        serde_path_to_error::deserialize::<_, T>(v)
+            .err()
+            .map(|e| e.path().to_string())
+            .filter(|p| p != ".")
+    }
+    let mut rest = v.as_object()?.clone();
+    let kind = rest.remove("kind")?;
+    let rest = serde_json::Value::Object(rest);
+    match kind.as_str()? {
+        "train" => path::<TrainSpec>(rest),
+        "adapt" => path::<AdaptSpec>(rest),
+        "evaluate" => path::<EvaluateSpec>(rest),
+        _ => None,
     }
 }
 
@@ -151,7 +181,21 @@ impl<'de> Deserialize<'de> for JobSpec {
     }
 }
 
-/// `cpu` or `cuda:N`.
+/// Check that `s` names a device (`cpu` or `cuda:N`) without opening it.
+pub fn check_device_name(s: &str) -> Result<()> {
+    let cuda = s
+        .strip_prefix("cuda:")
+        .is_some_and(|n| n.parse::<usize>().is_ok());
+    if s == "cpu" || cuda {
+        Ok(())
+    } else {
+        Err(EngineError::InvalidSpec(format!(
+            "device must be `cpu` or `cuda:N`, got `{s}`"
+        )))
+    }
+}
+
+/// `cpu` or `cuda:N`, opened (fails when this build or machine lacks the device).
 pub fn parse_device(s: &str) -> Result<candle_core::Device> {
     if s == "cpu" {
         return Ok(candle_core::Device::Cpu);

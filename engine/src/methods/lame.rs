@@ -19,6 +19,7 @@ use crate::nn::BnMode;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Affinity {

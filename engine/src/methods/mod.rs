@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 /// A method and its hyperparameters, as written in a job spec: either a bare name
 /// (`"tent"`) or a table (`{ method = "tent", steps = 1, optimizer = { ... } }`).
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "method", rename_all = "snake_case", deny_unknown_fields)]
 pub enum MethodSpec {
