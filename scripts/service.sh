@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Start Attune's whole service locally: PostgreSQL and Redis (started or installed by
-# scripts/services.sh), a release build, the migrations, the api on http://127.0.0.1:8080 and one
-# cpu worker.
+# scripts/services.sh), a release build, the web dashboard's build (scripts/build-frontend.sh),
+# the migrations, the api on http://127.0.0.1:8080 (dashboard at /) and one cpu worker.
 #
 #   scripts/service.sh          run in the foreground; Ctrl-C stops the api and the worker
 #   scripts/service.sh start    run in the background (logs and pids in var/)
@@ -51,6 +51,8 @@ export ATTUNE_WORK_DIR=${ATTUNE_WORK_DIR:-$root/var/work}
 profile=${ATTUNE_BUILD_PROFILE:-release}
 echo "[service] building ($profile)"
 SQLX_OFFLINE=true cargo build --profile "$profile" -q -p attune-api -p attune-worker -p attune-cli
+scripts/build-frontend.sh
+export ATTUNE_DASHBOARD_DIR=${ATTUNE_DASHBOARD_DIR:-$root/frontend/dist}
 dir=$profile; [[ $profile == dev ]] && dir=debug
 bin=${CARGO_TARGET_DIR:-$root/target}/$dir
 "$bin/attune-api" migrate
@@ -76,7 +78,7 @@ if ! curl -fsS "http://$ATTUNE_LISTEN/readyz" >/dev/null; then
   stop
   exit 1
 fi
-echo "[service] api on http://$ATTUNE_LISTEN (Swagger UI at /docs), one cpu worker"
+echo "[service] api on http://$ATTUNE_LISTEN (dashboard at /, Swagger UI at /docs), one cpu worker"
 echo "[service] make an API key: $bin/attune admin create-key --name me"
 [[ $mode == start ]] && { echo "[service] logs: var/api.log, var/worker.log; stop: scripts/service.sh stop"; exit 0; }
 wait

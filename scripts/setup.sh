@@ -10,6 +10,11 @@ command -v python3 >/dev/null || need+=(python3)
 command -v pip >/dev/null || command -v pip3 >/dev/null || need+=(python3-pip)
 command -v gzip >/dev/null || need+=(gzip)
 command -v sha256sum >/dev/null || need+=(coreutils)
+command -v curl >/dev/null || need+=(curl)
+# The web dashboard's toolchain (frontend/) and its end-to-end test's browser.
+command -v node >/dev/null || need+=(nodejs)
+command -v npm >/dev/null || need+=(npm)
+command -v chromium >/dev/null || need+=(chromium)
 if ((${#need[@]})); then
   log "installing Debian packages: ${need[*]}"
   SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO=sudo
@@ -38,4 +43,10 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
     log "cargo fmt / cargo clippy missing and no rustup to add them"; exit 1
   fi
 fi
-log "ok: $(cargo --version)"
+node_ver=$(node --version | tr -d v)
+if [[ "$(printf '%s\n20.19.0\n' "$node_ver" | sort -V | head -n1)" != "20.19.0" ]]; then
+  log "Node.js $node_ver is too old: the dashboard's toolchain (Vite 8, playwright-core) needs 20.19 or newer"
+  log "(Debian 13's nodejs package, or a newer Node.js on PATH), then re-run"
+  exit 1
+fi
+log "ok: $(cargo --version), node $node_ver, npm $(npm --version)"

@@ -20,6 +20,8 @@ use uuid::Uuid;
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/jobs", post(submit).get(list))
+        .route("/v1/jobs/validate", post(validate))
+        .route("/v1/jobs/facets", get(facets))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/cancel", post(cancel))
         .route("/v1/jobs/{id}/retry", post(retry))
@@ -186,6 +188,8 @@ pub struct ListParams {
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
+    /// Search: jobs whose name, id or spec (as JSON text) contains this, ignoring case.
+    pub q: Option<String>,
 }
 
 fn encode_cursor(j: &JobRow) -> String {
@@ -233,6 +237,13 @@ pub async fn list(
         created_after: p.created_after,
         created_before: p.created_before,
         before: p.cursor.as_deref().map(decode_cursor).transpose()?,
+        q: match p.q.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(q) if q.chars().count() > 200 => {
+                return Err(ApiError::param("q", "must be at most 200 characters"))
+            }
+            Some(q) => Some(q.to_string()),
+        },
     };
     let rows = store::list_jobs(&state.pool, owner, &f, limit + 1).await?;
     let more = rows.len() as i64 > limit;
@@ -243,6 +254,36 @@ pub async fn list(
         jobs.push(view(&state, j, false).await?);
     }
     Ok(Json(JobList { jobs, next_cursor }))
+}
+
+/// Check a spec without submitting it: the engine's parser, exactly as `POST /v1/jobs` runs it
+/// (200 with the spec as it would be stored, or the same 422 naming the field).
+#[utoipa::path(post, path = "/v1/jobs/validate", tag = "jobs",
+    request_body(content = JobSpecDoc, description = "The job spec"),
+    responses(
+        (status = 200, description = "The engine accepts it", body = ValidatedSpec),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 422, description = "The engine rejected the spec; `field` names the field", body = ErrorBody)),
+    security(("api_key" = [])))]
+pub async fn validate(
+    Auth(_): Auth,
+    Body(v): Body<serde_json::Value>,
+) -> ApiResult<Json<ValidatedSpec>> {
+    let spec = parse_spec(v, "")?;
+    Ok(Json(ValidatedSpec {
+        kind: spec.kind_name().to_string(),
+        queue: QueueName::for_device(&spec.device).as_str().to_string(),
+        spec: spec.to_value(),
+    }))
+}
+
+/// Statuses, kinds and tags of the key's jobs, with counts (for the list's filters).
+#[utoipa::path(get, path = "/v1/jobs/facets", tag = "jobs",
+    responses((status = 200, body = JobFacets), (status = 401, body = ErrorBody)),
+    security(("api_key" = [])))]
+pub async fn facets(State(state): State<AppState>, Auth(owner): Auth) -> ApiResult<Json<JobFacets>> {
+    Ok(Json(store::job_facets(&state.pool, owner).await?.into()))
 }
 
 /// One job, with its progress and (when succeeded) its result.

@@ -1,14 +1,17 @@
 //! Attune's HTTP API (axum + utoipa): jobs, runs and their metrics, checkpoints, live progress
 //! (server-sent events), schedules, health and Prometheus metrics. Routes are versioned under
 //! `/v1`; the OpenAPI document is generated from this code (`attune-api openapi`) and committed
-//! at `openapi/openapi.json`; Swagger UI is served offline at `/docs`.
+//! at `openapi/openapi.json`; Swagger UI is served offline at `/docs`, the web dashboard (the
+//! static build of `frontend/`) at `/`.
 //!
 //! The api never runs a job: it writes the job row (Postgres is the truth) and then puts the
 //! job id on its queue's Redis stream. Background tasks in every instance fire schedules and
 //! re-enqueue jobs Redis lost.
 
+mod dashboard;
 pub mod error;
 mod events;
+mod examples;
 mod extract;
 mod health;
 mod jobs;
@@ -51,6 +54,8 @@ pub struct ApiConfig {
     /// A worker that heartbeated within this is live.
     pub worker_live_within: Duration,
     pub default_max_attempts: i32,
+    /// The built dashboard (`frontend/dist`), served at `/`.
+    pub dashboard_dir: PathBuf,
 }
 
 impl ApiConfig {
@@ -67,6 +72,7 @@ impl ApiConfig {
             schedule_every: Duration::from_secs(1),
             worker_live_within: Duration::from_secs(20),
             default_max_attempts: attune_service::lifecycle::DEFAULT_MAX_ATTEMPTS,
+            dashboard_dir: PathBuf::from("frontend/dist"),
         }
     }
 }
@@ -85,11 +91,14 @@ pub struct AppState {
 /// The router with every route and layer.
 pub fn router(state: AppState) -> Router {
     let max = state.cfg.max_body_bytes;
+    let dashboard_dir = state.cfg.dashboard_dir.clone();
     Router::new()
         .merge(health::routes())
         .merge(jobs::routes())
+        .merge(examples::routes())
         .merge(schedules::routes())
         .merge(openapi::routes())
+        .merge(dashboard::routes(&dashboard_dir))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             prom::track,

@@ -51,6 +51,9 @@ struct Args {
     /// (match the workers' ATTUNE_LEASE_SECS).
     #[arg(long, env = "ATTUNE_LEASE_SECS", default_value_t = 30.0)]
     lease_secs: f64,
+    /// The built web dashboard (`npm run build` in frontend/), served at `/`.
+    #[arg(long, env = "ATTUNE_DASHBOARD_DIR", default_value = "frontend/dist")]
+    dashboard_dir: PathBuf,
     /// Reconciler period in seconds.
     #[arg(long, env = "ATTUNE_RECONCILE_SECS", default_value_t = 2.0)]
     reconcile_secs: f64,
@@ -93,6 +96,7 @@ async fn serve(a: Args) -> anyhow::Result<()> {
     let mut cfg = ApiConfig::new(&a.database_url, &a.redis_url, &a.redis_prefix);
     cfg.object_store = a.object_store;
     cfg.max_body_bytes = a.max_body_bytes;
+    cfg.dashboard_dir = a.dashboard_dir;
     cfg.lease = Duration::from_secs_f64(a.lease_secs.max(1.0));
     cfg.reconcile_every = Duration::from_secs_f64(a.reconcile_secs.max(0.1));
     let listener = tokio::net::TcpListener::bind(&a.listen).await?;

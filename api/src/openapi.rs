@@ -9,9 +9,10 @@ use utoipa_swagger_ui::SwaggerUi;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Attune", description = "Test-time adaptation and test-time compute as jobs. Every route but `/healthz` and `/readyz` needs an API key (`Authorization: Bearer <token>`; create one with `attune admin create-key`). A key sees only its own jobs: another key's job is a 404."),
+    info(title = "Attune", description = "Test-time adaptation and test-time compute as jobs. Every route but `/healthz`, `/readyz`, the docs and the dashboard's static assets needs an API key (`Authorization: Bearer <token>`; create one with `attune admin create-key`). A key sees only its own jobs: another key's job is a 404."),
     paths(
-        crate::jobs::submit, crate::jobs::list, crate::jobs::get_job, crate::jobs::cancel,
+        crate::jobs::submit, crate::jobs::validate, crate::jobs::facets, crate::examples::list,
+        crate::schedules::preview, crate::jobs::list, crate::jobs::get_job, crate::jobs::cancel,
         crate::jobs::retry, crate::jobs::runs, crate::jobs::job_metrics, crate::jobs::logs,
         crate::jobs::job_checkpoints, crate::events::events, crate::jobs::get_run,
         crate::jobs::run_metrics, crate::jobs::batch_metrics, crate::jobs::get_checkpoint,

@@ -1,8 +1,8 @@
 //! Schedules: cron expression + job template.
 
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::extract::{parse_id, Auth, Body};
-use crate::views::{CreateSchedule, ScheduleFire, ScheduleView};
+use crate::extract::{parse_id, Auth, Body, Q};
+use crate::views::{CreateSchedule, CronPreview, ScheduleFire, ScheduleView};
 use crate::AppState;
 use attune_service::schedule;
 use axum::extract::{Path, State};
@@ -13,6 +13,7 @@ use axum::{Json, Router};
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/schedules", post(create).get(list))
+        .route("/v1/schedules/preview", get(preview))
         .route("/v1/schedules/{id}", get(get_one).delete(delete))
         .route("/v1/schedules/{id}/pause", post(pause))
         .route("/v1/schedules/{id}/resume", post(resume))
@@ -47,6 +48,33 @@ pub async fn create(
     )
     .await?;
     Ok((StatusCode::CREATED, Json(ScheduleView::of(s, vec![]))))
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PreviewParams {
+    /// The cron expression, as `POST /v1/schedules` takes it.
+    pub cron: String,
+    /// How many fire times (1–20, default 5).
+    pub n: Option<usize>,
+}
+
+/// The next fire times of a cron expression (UTC), or the 400 that creating a schedule with it
+/// would get.
+#[utoipa::path(get, path = "/v1/schedules/preview", tag = "schedules", params(PreviewParams),
+    responses((status = 200, body = CronPreview), (status = 400, description = "Bad cron expression or parameter", body = ErrorBody), (status = 401, body = ErrorBody)),
+    security(("api_key" = [])))]
+pub async fn preview(Auth(_): Auth, Q(p): Q<PreviewParams>) -> ApiResult<Json<CronPreview>> {
+    let n = p.n.unwrap_or(5);
+    if !(1..=20).contains(&n) {
+        return Err(ApiError::param("n", format!("must be 1 to 20, got {n}")));
+    }
+    let s = schedule::parse_cron(&p.cron)?;
+    Ok(Json(CronPreview {
+        next: s.after(&chrono::Utc::now()).take(n).collect(),
+        cron: p.cron,
+    }))
 }
 
 /// The key's schedules.

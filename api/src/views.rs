@@ -96,6 +96,8 @@ pub struct JobView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub result: Option<serde_json::Value>,
+    /// The one number a table shows for the result (also in lists); absent until it succeeds.
+    pub headline: Option<Headline>,
     /// The run (attempt) currently or last holding the job.
     pub current_run: Option<Uuid>,
     pub schedule_id: Option<Uuid>,
@@ -120,6 +122,7 @@ impl JobView {
             error: j.error,
             progress: j.progress,
             waiting,
+            headline: j.result.as_ref().and_then(Headline::of),
             result: if with_result { j.result } else { None },
             current_run: j.current_run,
             schedule_id: j.schedule_id,
@@ -128,6 +131,143 @@ impl JobView {
             finished_at: j.finished_at,
         }
     }
+}
+
+/// A job's headline metric: the lowest mean error over the domains among an adapt job's
+/// methods (`series` names the method), the clean test error of a train job, the lowest mean
+/// error over the corrupted domains among an evaluate job's checkpoints (`series`
+/// `checkpoint-K` when there are several).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Headline {
+    /// What `value` is: `mean error`, `test error`.
+    pub metric: String,
+    pub value: f64,
+    pub series: Option<String>,
+}
+
+impl Headline {
+    /// From a result as the engine writes it; `None` for kinds or shapes it does not know.
+    pub fn of(r: &serde_json::Value) -> Option<Self> {
+        let best = |it: &mut dyn Iterator<Item = (String, f64)>| {
+            it.filter(|(_, v)| v.is_finite())
+                .min_by(|a, b| a.1.total_cmp(&b.1))
+        };
+        match r.get("kind")?.as_str()? {
+            "adapt" => {
+                let ms = r.get("methods")?.as_array()?;
+                let (name, v) = best(&mut ms.iter().filter_map(|m| {
+                    Some((
+                        m.get("name")?.as_str()?.to_string(),
+                        m.get("mean")?.get("error")?.as_f64()?,
+                    ))
+                }))?;
+                Some(Headline {
+                    metric: "mean error".into(),
+                    value: v,
+                    series: (ms.len() > 1).then_some(name),
+                })
+            }
+            "train" => Some(Headline {
+                metric: "test error".into(),
+                value: r.get("test")?.get("error")?.as_f64()?,
+                series: None,
+            }),
+            "evaluate" => {
+                let cs = r.get("checkpoints")?.as_array()?;
+                let (name, v) = best(&mut cs.iter().enumerate().filter_map(|(k, c)| {
+                    let rows = c.get("rows")?.as_array()?;
+                    let errs = |corrupted: bool| -> Vec<f64> {
+                        rows.iter()
+                            .filter(|x| {
+                                (x.get("severity").and_then(|s| s.as_u64()).unwrap_or(0) > 0)
+                                    == corrupted
+                            })
+                            .filter_map(|x| x.get("metrics")?.get("error")?.as_f64())
+                            .collect()
+                    };
+                    let mut e = errs(true);
+                    if e.is_empty() {
+                        e = errs(false);
+                    }
+                    (!e.is_empty())
+                        .then(|| (format!("checkpoint-{k}"), e.iter().sum::<f64>() / e.len() as f64))
+                }))?;
+                Some(Headline {
+                    metric: "mean error".into(),
+                    value: v,
+                    series: (cs.len() > 1).then_some(name),
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Values a job filter can take, with how many of the key's jobs have each.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct FacetView {
+    pub value: String,
+    pub count: i64,
+}
+
+/// What the jobs list can be filtered by.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct JobFacets {
+    pub statuses: Vec<FacetView>,
+    pub kinds: Vec<FacetView>,
+    /// The 200 most used tags, most used first.
+    pub tags: Vec<FacetView>,
+}
+
+impl From<attune_service::store::Facets> for JobFacets {
+    fn from(f: attune_service::store::Facets) -> Self {
+        let v = |xs: Vec<attune_service::store::FacetCount>| {
+            xs.into_iter()
+                .map(|x| FacetView {
+                    value: x.value,
+                    count: x.count,
+                })
+                .collect()
+        };
+        Self {
+            statuses: v(f.statuses),
+            kinds: v(f.kinds),
+            tags: v(f.tags),
+        }
+    }
+}
+
+/// A spec the engine accepted, as it would be stored.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ValidatedSpec {
+    pub kind: String,
+    /// The queue it would go to (`cpu`, or `gpu` for `device = "cuda:N"`).
+    pub queue: String,
+    /// The spec with the engine's defaults filled in.
+    #[schema(value_type = JobSpecDoc)]
+    pub spec: serde_json::Value,
+}
+
+/// A job spec from the repository's `examples/` folder, runnable as it is.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ExampleView {
+    /// Path under `examples/` without the extension (`fmnist-c-tent`, `methods/mnist-c-continual`).
+    pub name: String,
+    /// The file it comes from (`examples/fmnist-c-tent.toml`).
+    pub file: String,
+    /// The file's leading comment.
+    pub description: String,
+    /// The spec as JSON (what `POST /v1/jobs` takes).
+    #[schema(value_type = JobSpecDoc)]
+    pub spec: serde_json::Value,
+}
+
+/// The next times a cron expression fires.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CronPreview {
+    pub cron: String,
+    /// UTC, ascending.
+    pub next: Vec<DateTime<Utc>>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -351,4 +491,61 @@ pub struct Ready {
     /// `ok` or the error.
     pub postgres: String,
     pub redis: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Headline;
+    use serde_json::json;
+
+    #[test]
+    fn headline_of_an_adapt_result_is_the_best_methods_mean_error() {
+        let r = json!({"kind": "adapt", "methods": [
+            {"name": "source", "mean": {"error": 0.325}},
+            {"name": "norm_test", "mean": {"error": 0.159}},
+            {"name": "tent", "mean": {"error": 0.243}},
+        ]});
+        assert_eq!(
+            Headline::of(&r),
+            Some(Headline {
+                metric: "mean error".into(),
+                value: 0.159,
+                series: Some("norm_test".into())
+            })
+        );
+        let one = json!({"kind": "adapt", "methods": [{"name": "tent", "mean": {"error": 0.5}}]});
+        assert_eq!(Headline::of(&one).unwrap().series, None);
+    }
+
+    #[test]
+    fn headline_of_train_and_evaluate_results() {
+        let t = json!({"kind": "train", "test": {"error": 0.0713}});
+        assert_eq!(Headline::of(&t).unwrap().value, 0.0713);
+        assert_eq!(Headline::of(&t).unwrap().metric, "test error");
+        // Checkpoint 0: corrupted rows 0.2 and 0.4 → 0.3; checkpoint 1: 0.1 and 0.3 → 0.2.
+        // The clean row (severity 0) is left out of the mean.
+        let e = json!({"kind": "evaluate", "checkpoints": [
+            {"rows": [{"severity": 0, "metrics": {"error": 0.01}},
+                      {"severity": 1, "metrics": {"error": 0.2}},
+                      {"severity": 5, "metrics": {"error": 0.4}}]},
+            {"rows": [{"severity": 0, "metrics": {"error": 0.02}},
+                      {"severity": 1, "metrics": {"error": 0.1}},
+                      {"severity": 5, "metrics": {"error": 0.3}}]},
+        ]});
+        let h = Headline::of(&e).unwrap();
+        assert!((h.value - 0.2).abs() < 1e-15, "{}", h.value);
+        assert_eq!(h.series.as_deref(), Some("checkpoint-1"));
+        // Only clean rows: their mean.
+        let clean = json!({"kind": "evaluate", "checkpoints": [
+            {"rows": [{"severity": 0, "metrics": {"error": 0.25}}]}]});
+        assert_eq!(Headline::of(&clean).unwrap().value, 0.25);
+        assert_eq!(Headline::of(&clean).unwrap().series, None);
+    }
+
+    #[test]
+    fn no_headline_for_unknown_shapes() {
+        assert_eq!(Headline::of(&json!({"kind": "diffuse"})), None);
+        assert_eq!(Headline::of(&json!({"kind": "adapt", "methods": []})), None);
+        assert_eq!(Headline::of(&json!([1, 2])), None);
+    }
 }

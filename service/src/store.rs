@@ -187,6 +187,22 @@ pub struct JobFilter {
     pub created_before: Option<DateTime<Utc>>,
     /// Keyset cursor: jobs strictly older than (created_at, id).
     pub before: Option<(DateTime<Utc>, Uuid)>,
+    /// Case-insensitive substring of the name, the id or the spec's JSON text.
+    pub q: Option<String>,
+}
+
+/// `%text%` for ILIKE, with `%`, `_` and `\` taken literally.
+pub fn like_pattern(text: &str) -> String {
+    let mut p = String::with_capacity(text.len() + 2);
+    p.push('%');
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
 }
 
 /// Newest first.
@@ -207,6 +223,7 @@ pub async fn list_jobs(
            AND ($5::timestamptz IS NULL OR created_at >= $5)
            AND ($6::timestamptz IS NULL OR created_at < $6)
            AND ($7::timestamptz IS NULL OR (created_at, id) < ($7, $8::uuid))
+           AND ($10::text IS NULL OR name ILIKE $10 OR id::text ILIKE $10 OR spec::text ILIKE $10)
          ORDER BY created_at DESC, id DESC
          LIMIT $9",
         owner,
@@ -217,10 +234,59 @@ pub async fn list_jobs(
         f.created_before,
         bt,
         bid,
-        limit
+        limit,
+        f.q.as_deref().map(like_pattern),
     )
     .fetch_all(pool)
     .await?)
+}
+
+/// A value of a job field and how many of the key's jobs have it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FacetCount {
+    pub value: String,
+    pub count: i64,
+}
+
+/// What the key's jobs can be filtered by: statuses, kinds and tags with their counts.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Facets {
+    pub statuses: Vec<FacetCount>,
+    pub kinds: Vec<FacetCount>,
+    /// The 200 most used tags.
+    pub tags: Vec<FacetCount>,
+}
+
+pub async fn job_facets(pool: &PgPool, owner: Uuid) -> Result<Facets> {
+    let statuses = sqlx::query_as!(
+        FacetCount,
+        r#"SELECT status AS "value!", count(*) AS "count!" FROM jobs WHERE owner = $1
+           GROUP BY status ORDER BY status"#,
+        owner
+    )
+    .fetch_all(pool)
+    .await?;
+    let kinds = sqlx::query_as!(
+        FacetCount,
+        r#"SELECT kind AS "value!", count(*) AS "count!" FROM jobs WHERE owner = $1
+           GROUP BY kind ORDER BY kind"#,
+        owner
+    )
+    .fetch_all(pool)
+    .await?;
+    let tags = sqlx::query_as!(
+        FacetCount,
+        r#"SELECT t AS "value!", count(*) AS "count!" FROM jobs, unnest(tags) AS t
+           WHERE owner = $1 GROUP BY t ORDER BY count(*) DESC, t LIMIT 200"#,
+        owner
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(Facets {
+        statuses,
+        kinds,
+        tags,
+    })
 }
 
 /// What a cancel request did.

@@ -2,6 +2,7 @@
 //! scripts/services.sh): api (in-process, port 0) → Redis stream → worker (in-process, or a
 //! child process where a test SIGKILLs it) → engine → Postgres.
 
+mod dashboard;
 mod harness;
 
 use harness::*;
