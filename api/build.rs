@@ -24,15 +24,24 @@ fn main() {
     let mut files = vec![];
     collect(&root, &mut files);
     files.sort();
-    let mut code = String::from("/// (path under `examples/`, file text)\npub static EXAMPLES: &[(&str, &str)] = &[\n");
+    let mut code = String::from(
+        "/// (path under `examples/`, file text)\npub static EXAMPLES: &[(&str, &str)] = &[\n",
+    );
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
         if let Some(parent) = f.parent() {
             println!("cargo:rerun-if-changed={}", parent.display());
         }
-        let rel = f.strip_prefix(&root).unwrap().to_string_lossy().replace('\\', "/");
+        let rel = f
+            .strip_prefix(&root)
+            .unwrap()
+            .to_string_lossy()
+            .replace('\\', "/");
         let abs = f.canonicalize().unwrap();
-        code.push_str(&format!("    ({rel:?}, include_str!({:?})),\n", abs.display().to_string()));
+        code.push_str(&format!(
+            "    ({rel:?}, include_str!({:?})),\n",
+            abs.display().to_string()
+        ));
     }
     code.push_str("];\n");
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("examples.rs");

@@ -78,15 +78,16 @@ mod tests {
         }
         assert_eq!(all.len(), on_disk);
         for x in &all {
-            JobSpec::from_value(x.spec.clone())
-                .unwrap_or_else(|err| panic!("{}: {err}", x.file));
+            JobSpec::from_value(x.spec.clone()).unwrap_or_else(|err| panic!("{}: {err}", x.file));
         }
         let tent = all.iter().find(|x| x.name == "fmnist-c-tent").unwrap();
         assert_eq!(tent.file, "examples/fmnist-c-tent.toml");
         assert_eq!(tent.spec["kind"], "adapt");
         assert_eq!(tent.spec["severity"], 5);
         assert_eq!(tent.spec["methods"][2]["optimizer"]["lr"], 1e-3);
-        assert!(tent.description.starts_with("Fashion-MNIST-C, continual, severity 5"));
+        assert!(tent
+            .description
+            .starts_with("Fashion-MNIST-C, continual, severity 5"));
         assert!(all.iter().any(|x| x.name == "methods/mnist-c-continual"));
     }
 

@@ -282,7 +282,10 @@ pub async fn validate(
 #[utoipa::path(get, path = "/v1/jobs/facets", tag = "jobs",
     responses((status = 200, body = JobFacets), (status = 401, body = ErrorBody)),
     security(("api_key" = [])))]
-pub async fn facets(State(state): State<AppState>, Auth(owner): Auth) -> ApiResult<Json<JobFacets>> {
+pub async fn facets(
+    State(state): State<AppState>,
+    Auth(owner): Auth,
+) -> ApiResult<Json<JobFacets>> {
     Ok(Json(store::job_facets(&state.pool, owner).await?.into()))
 }
 

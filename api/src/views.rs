@@ -189,8 +189,12 @@ impl Headline {
                     if e.is_empty() {
                         e = errs(false);
                     }
-                    (!e.is_empty())
-                        .then(|| (format!("checkpoint-{k}"), e.iter().sum::<f64>() / e.len() as f64))
+                    (!e.is_empty()).then(|| {
+                        (
+                            format!("checkpoint-{k}"),
+                            e.iter().sum::<f64>() / e.len() as f64,
+                        )
+                    })
                 }))?;
                 Some(Headline {
                     metric: "mean error".into(),
