@@ -136,10 +136,10 @@ impl JobView {
 /// A job's headline metric: the lowest mean error over the domains among an adapt job's
 /// methods (`series` names the method), the clean test error of a train job, the lowest mean
 /// error over the corrupted domains among an evaluate job's checkpoints (`series`
-/// `checkpoint-K` when there are several).
+/// `checkpoint-K` when there are several), pass@1 of a sample job.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Headline {
-    /// What `value` is: `mean error`, `test error`.
+    /// What `value` is: `mean error`, `test error`, `pass@1`.
     pub metric: String,
     pub value: f64,
     pub series: Option<String>,
@@ -200,6 +200,18 @@ impl Headline {
                     metric: "mean error".into(),
                     value: v,
                     series: (cs.len() > 1).then_some(name),
+                })
+            }
+            "sample" => {
+                let p1 = r
+                    .get("pass_at_k")?
+                    .as_array()?
+                    .iter()
+                    .find(|p| p.get("k").and_then(|k| k.as_u64()) == Some(1))?;
+                Some(Headline {
+                    metric: "pass@1".into(),
+                    value: p1.get("value")?.as_f64()?,
+                    series: None,
                 })
             }
             _ => None,
@@ -544,6 +556,21 @@ mod tests {
             {"rows": [{"severity": 0, "metrics": {"error": 0.25}}]}]});
         assert_eq!(Headline::of(&clean).unwrap().value, 0.25);
         assert_eq!(Headline::of(&clean).unwrap().series, None);
+    }
+
+    #[test]
+    fn headline_of_a_sample_result_is_pass_at_1() {
+        // The result format of docs/sample.md.
+        let r = json!({"kind": "sample", "n": 4, "pass_at_k": [
+            {"k": 1, "value": 0.3125}, {"k": 2, "value": 0.5}, {"k": 4, "value": 0.75}]});
+        assert_eq!(
+            Headline::of(&r),
+            Some(Headline {
+                metric: "pass@1".into(),
+                value: 0.3125,
+                series: None
+            })
+        );
     }
 
     #[test]

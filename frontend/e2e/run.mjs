@@ -10,6 +10,7 @@
 import { chromium } from "playwright-core";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
+import { sampleJob, expected as sampleExpected } from "./sample-fixture.mjs";
 
 const url = need("ATTUNE_E2E_URL").replace(/\/$/, "");
 const key = need("ATTUNE_E2E_KEY");
@@ -153,7 +154,9 @@ try {
   await page.click("#submit");
   await page.waitForURL(/#\/jobs\/[0-9a-f-]{36}$/);
   const idA = page.url().split("/").pop();
-  log(`submitted job A ${idA} from the form`);
+  await page.waitForSelector(".job-head .badge[data-status]");
+  const firstSeen = await page.getAttribute(".job-head .badge[data-status]", "data-status");
+  log(`submitted job A ${idA} from the form; its page first showed it ${firstSeen}`);
   const jobB = await api("POST", "/v1/jobs", adaptSpec("e2e adapt B", ["source", "norm_test", { method: "tent", steps: 1, optimizer: { name: "sgd", lr: 2.5e-4, momentum: 0.9 } }], { severity: 5 }));
 
   // 3. The job page follows the run live until it succeeds, then draws the plots.
@@ -250,13 +253,41 @@ try {
   await page.waitForSelector("#cron-preview .tick");
   await shot(page, "08-schedules");
 
-  // 8. A stored key that the API no longer accepts brings the key dialog back with a message.
+  // 8. The view of `sample` jobs, fed the documented result format (docs/sample.md of the
+  // `sample` branch) through request interception: that job kind is not on this branch yet.
+  const sid = "5a5a5a5a-0000-4000-8000-000000000001";
+  const sj = sampleJob(sid);
+  await page.route(`${url}/v1/jobs/${sid}`, (r) => r.fulfill({ json: sj }));
+  await page.route(`${url}/v1/jobs/${sid}/checkpoints`, (r) => r.fulfill({ json: [] }));
+  await page.route(`${url}/v1/jobs/${sid}/runs`, (r) => r.fulfill({ json: [] }));
+  await page.route(`${url}/v1/jobs/${sid}/events`, (r) =>
+    r.fulfill({ contentType: "text/event-stream", body: `event: status\ndata: ${JSON.stringify({ ...sj, result: undefined })}\n\nevent: end\ndata: {"status":"succeeded"}\n\n` }),
+  );
+  await page.goto(`${url}/#/jobs/${sid}`);
+  await page.waitForSelector("#passk-chart canvas");
+  await page.waitForSelector("#sample-table");
+  await page.waitForTimeout(500);
+  const pkPx = await colourPixels(page, "#passk-chart canvas", ["#1f77b4"]);
+  check(pkPx && pkPx[0] > 100, `the pass@k curve is drawn: ${JSON.stringify(pkPx)}`);
+  const sel = await page.$$eval("#selection-table tbody tr", (rs) => rs.map((r) => r.textContent));
+  check(sel.some((t) => t.includes(`pass@1`) && t.includes(`${(100 * sampleExpected.passAt1).toFixed(1)} %`)), `selection table with pass@1 ${(100 * sampleExpected.passAt1).toFixed(1)} %`);
+  const verdictsShown = await page.$$eval("#sample-table tbody tr td:nth-child(2)", (tds) => tds.map((t) => t.textContent));
+  check(verdictsShown.join(",") === "passed,failed,passed,timeout", `the sample browser shows the verdicts: ${verdictsShown}`);
+  await page.selectOption("#sample-filter", "correct");
+  const nCorrect = await page.$$eval("#sample-table tbody tr", (rs) => rs.length);
+  check(nCorrect === 2, `filtering to correct samples leaves 2 (${nCorrect})`);
+  await page.selectOption("#sample-filter", "all");
+  await page.click("#sample-table tbody tr:nth-child(4) details summary");
+  await shot(page, "09-job-sample-fixture");
+  await page.unrouteAll();
+
+  // 9. A stored key that the API no longer accepts brings the key dialog back with a message.
   await page.evaluate(() => localStorage.setItem("attune.apiKey", "revoked-key"));
   await page.goto(`${url}/#/jobs`);
   await page.reload();
   await page.waitForSelector("#key-dialog .reason");
   check(/refused the stored key/.test(await page.textContent("#key-dialog .reason")), "a refused stored key asks again, saying why");
-  await shot(page, "09-key-refused");
+  await shot(page, "10-key-refused");
 
   check(external.length === 0, `no request left the api (${external.length}${external.length ? `: ${external.slice(0, 3).join(", ")}` : ""})`);
   check(pageErrors.length === 0, `no script errors in the page${pageErrors.length ? `: ${pageErrors.slice(0, 3).join(" | ")}` : ""}`);

@@ -51,26 +51,34 @@ function boundaryPlugin(bs: Boundary[]): uPlot.Plugin {
           const dpr = devicePixelRatio || 1;
           ctx.save();
           ctx.strokeStyle = "#888";
-          ctx.fillStyle = "#555";
           ctx.lineWidth = dpr;
           ctx.setLineDash([4 * dpr, 3 * dpr]);
-          ctx.font = `${10 * dpr}px system-ui, sans-serif`;
+          ctx.font = `${11 * dpr}px system-ui, sans-serif`;
+          ctx.textBaseline = "top";
+          const right = bbox.left + bbox.width;
           bs.forEach((b, i) => {
             const x = Math.round(u.valToPos(b.x, "x", true));
-            if (x < bbox.left - 1 || x > bbox.left + bbox.width + 1) return;
+            if (x < bbox.left - 1 || x > right + 1) return;
             if (i > 0) {
               ctx.beginPath();
               ctx.moveTo(x, bbox.top);
               ctx.lineTo(x, bbox.top + bbox.height);
               ctx.stroke();
             }
-            // Label runs down the plot, just right of the boundary.
-            ctx.save();
-            ctx.translate(x + 3 * dpr, bbox.top + 4 * dpr);
-            ctx.rotate(Math.PI / 2);
-            ctx.textBaseline = "bottom";
-            ctx.fillText(b.label, 0, 0);
-            ctx.restore();
+            // The label sits at the top of its segment, cut to the segment's width.
+            const end = i + 1 < bs.length ? Math.min(right, u.valToPos(bs[i + 1].x, "x", true)) : right;
+            const room = end - x - 8 * dpr;
+            if (room < 12 * dpr) return;
+            let text = b.label;
+            if (ctx.measureText(text).width > room) {
+              while (text.length > 1 && ctx.measureText(text + "…").width > room) text = text.slice(0, -1);
+              text += "…";
+            }
+            const w = ctx.measureText(text).width;
+            ctx.fillStyle = "rgba(255,255,255,0.85)";
+            ctx.fillRect(x + 2 * dpr, bbox.top + 2 * dpr, w + 4 * dpr, 13 * dpr);
+            ctx.fillStyle = "#444";
+            ctx.fillText(text, x + 4 * dpr, bbox.top + 3 * dpr);
           });
           ctx.restore();
         },
@@ -101,7 +109,7 @@ export function lineChart(el: HTMLElement, series: LineSeries[], o: LineOpts): u
     height,
     scales: { x: { time: false }, y: o.pct ? { range: (_u, _min, max) => [0, Math.min(1, Math.max(0.1, Math.ceil(max * 10) / 10))] } : {} },
     axes: [
-      { label: o.xLabel },
+      { label: o.xLabel, incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000] },
       { label: o.yLabel, values: (_u, vals) => vals.map(fmt), size: 56 },
     ],
     series: [

@@ -51,7 +51,7 @@ export function specEditor(id: string, validatePath = "/v1/jobs/validate"): Edit
       }
       replace(
         reference,
-        h("h3", null, `Fields of a ${kind} job`, h("span", { class: "sub" }, " (from the API's OpenAPI schema)")),
+        h("h3", null, "Fields of the ", h("code", null, kind), " kind", h("span", { class: "sub" }, " (from the API's OpenAPI schema)")),
         h("table", { class: "fields" }, h("tbody", null, fs.map((f) => h("tr", null, h("td", { class: "mono" }, f.name, f.required ? h("span", { class: "req", title: "required" }, "*") : null), h("td", { class: "small" }, f.type), h("td", { class: "small" }, f.description))))),
       );
     } catch (e) {

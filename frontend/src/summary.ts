@@ -35,7 +35,8 @@ function baseName(p: unknown): string {
 export function dataModel(spec: Spec): string {
   const parts: string[] = [];
   if (spec.dataset) parts.push(String(spec.dataset));
-  if (spec.model) parts.push(baseName(spec.model));
+  if (typeof spec.model === "string") parts.push(baseName(spec.model));
+  else if (spec.model && typeof spec.model === "object") parts.push(baseName((spec.model as Record<string, unknown>).path));
   if (Array.isArray(spec.checkpoints)) {
     const c = spec.checkpoints as unknown[];
     parts.push(c.length === 1 ? baseName(c[0]) : `${c.length} checkpoints`);
@@ -44,7 +45,7 @@ export function dataModel(spec: Spec): string {
     const a = spec.architecture as Record<string, unknown>;
     parts.push(String(a.arch ?? "") + (a.depth ? `-${a.depth}` : ""));
   }
-  if (spec.problems) parts.push(baseName(spec.problems));
+  if (spec.problems && typeof spec.problems === "object") parts.push(String((spec.problems as Record<string, unknown>).source ?? "problems"));
   return parts.join(" · ") || "–";
 }
 
@@ -55,6 +56,10 @@ export function methodsCell(j: Job): string {
     return o?.name ? `train (${o.name})` : "train";
   }
   if (j.kind === "evaluate") return "no adaptation";
+  if (j.kind === "sample") {
+    const t = (j.spec.sampling as Record<string, unknown> | undefined)?.temperature;
+    return `pass@N, N = ${j.spec.n ?? "?"}${t !== undefined ? `, T = ${t}` : ""}`;
+  }
   if (j.spec.method) return methodLabel(j.spec.method);
   return "–";
 }

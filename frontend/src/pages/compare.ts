@@ -76,13 +76,11 @@ export async function comparePage(root: HTMLElement, params: URLSearchParams): P
   body.append(
     h(
       "table",
-      { id: "compare-jobs" },
+      { id: "compare-jobs", class: "card" },
       h("thead", null, h("tr", null, ["", "job", "kind", "status", "headline", "created"].map((c) => h("th", null, c)))),
       h("tbody", null, jobs.map((j, i) => h("tr", null, h("td", null, h("strong", null, letter(i))), h("td", null, h("a", { href: `#/jobs/${j.id}` }, jobLabel(j)), " ", h("span", { class: "mono sub" }, shortId(j.id))), h("td", null, j.kind), h("td", null, statusBadge(j.status)), h("td", null, headlineCell(j)), h("td", null, fmtAgo(j.created_at))))),
     ),
-    h("h2", null, "Spec differences"),
-    h("label", { class: "check" }, showAll, " show identical fields too"),
-    diffEl,
+    h("section", null, h("h2", null, "Spec differences"), h("label", { class: "check" }, showAll, " show identical fields too"), diffEl),
   );
 
   const adapt = jobs.map((j, i) => ({ j, i })).filter((x) => x.j.kind === "adapt");
@@ -139,7 +137,7 @@ async function renderAdapt(body: HTMLElement, xs: { j: Job; i: number }[]) {
   const chart = h("div", { class: "chart", id: "compare-chart" });
   const bars = h("div", { class: "chart", id: "compare-bars" });
   const table = h("div", { class: "table-wrap" });
-  body.append(h("h2", null, "Error along the stream, overlaid"), h("div", { class: "plot-controls" }, "metric ", metricSel), chart);
+  body.append(h("section", null, h("h2", null, "Error along the stream, overlaid"), h("div", { class: "plot-controls" }, "metric ", metricSel, h("span", { class: "sub" }, "  (solid: job A; dashed: the others)")), chart));
   const seg = await runMetrics([xs[0].j], "segment");
   const draw = async () => {
     const metric = metricSel.value;
@@ -177,7 +175,7 @@ async function renderAdapt(body: HTMLElement, xs: { j: Job; i: number }[]) {
   const groups = done.flatMap(({ j, i }) =>
     (j.result.methods as any[]).map((m) => ({ label: `${letter(i)}: ${m.name}`, values: cats.map((c) => m.domains.find((d: any) => d.domain === c)?.metrics.error ?? null) })),
   );
-  body.append(h("h2", null, "Per domain"), bars, h("h2", null, "Summary"), table);
+  body.append(h("section", null, h("h2", null, "Per domain"), bars), h("section", null, h("h2", null, "Summary"), table));
   barChart(bars, cats, groups, { yLabel: "error %", pct: true });
   replace(
     table,
@@ -200,7 +198,7 @@ async function renderAdapt(body: HTMLElement, xs: { j: Job; i: number }[]) {
 
 async function renderTrain(body: HTMLElement, xs: { j: Job; i: number }[]) {
   const chart = h("div", { class: "chart", id: "compare-train" });
-  body.append(h("h2", null, "Training curves, overlaid"), chart);
+  body.append(h("section", null, h("h2", null, "Training curves, overlaid"), chart));
   const pages = await runMetrics(xs.map((x) => x.j), "val_error");
   const series = xs.map(({ j, i }) => {
     const pts = (j.current_run ? pages.get(j.current_run)?.points ?? [] : []).sort((a, b) => a.step - b.step);
@@ -211,7 +209,7 @@ async function renderTrain(body: HTMLElement, xs: { j: Job; i: number }[]) {
 
 function renderEvaluate(body: HTMLElement, xs: { j: Job; i: number }[]) {
   const chart = h("div", { class: "chart", id: "compare-eval" });
-  body.append(h("h2", null, "Mean error by severity, overlaid"), chart);
+  body.append(h("section", null, h("h2", null, "Mean error by severity, overlaid"), chart));
   const series = xs.flatMap(({ j, i }) =>
     (j.result.checkpoints as any[]).map((c, k) => ({ label: `${letter(i)}: checkpoint ${k}`, x: c.by_severity.map((b: any) => b.severity), y: c.by_severity.map((b: any) => b.mean.error) })),
   );

@@ -118,7 +118,7 @@ export function jobsPage(root: HTMLElement, params: URLSearchParams): Cleanup {
           ? h(
               "table",
               { class: "jobs", id: "jobs-table" },
-              h("thead", null, h("tr", null, ["", "job", "status", "kind", "method(s)", "dataset / model", "headline", "created", "duration"].map((c) => h("th", null, c)))),
+              h("thead", null, h("tr", null, ["", "job", "status", "kind", "method(s)", "dataset / model", "headline", "created", "duration"].map((c) => h("th", { class: c === "headline" || c === "duration" ? "num" : "" }, c)))),
               h("tbody", null, list.jobs.map(row)),
             )
           : h("p", { class: "empty" }, Object.values(filters).some(Boolean) ? "No job matches these filters." : "No jobs yet. ", h("a", { href: "#/submit" }, "Submit one")),

@@ -66,6 +66,7 @@ export async function submitPage(root: HTMLElement, params: URLSearchParams): Pr
     }
   };
   exSel.addEventListener("change", pick);
+  ed.onChange(() => replace(result));
   const want = params.get("example");
   if (want && examples.some((e) => e.name === want)) exSel.value = want;
   pick();
