@@ -107,7 +107,10 @@ export function specEditor(id: string, validatePath = "/v1/jobs/validate"): Edit
     el: h("div", { class: "editor-wrap" }, ta, status),
     reference,
     setSpec(s: Spec) {
-      ta.value = JSON.stringify(s, null, 2);
+      // `kind` and the common fields first, then the kind's own fields as they come.
+      const first = ["kind", "name", "tags", "seed", "device"].filter((k) => k in s);
+      const ordered = Object.fromEntries([...first, ...Object.keys(s).filter((k) => !first.includes(k))].map((k) => [k, s[k]]));
+      ta.value = JSON.stringify(ordered, null, 2);
       ta.dispatchEvent(new Event("input"));
     },
     text: () => ta.value,

@@ -159,7 +159,7 @@ function keyDialog(reason: string | null): void {
       h("p", { class: "reason" }, reason ?? "The dashboard talks to the API with your key. It is kept in this browser (localStorage) until you choose “forget”."),
       h("p", { class: "hint" }, "Make one on the server: ", h("code", null, "target/release/attune admin create-key --name me")),
       input,
-      h("div", { class: "row" }, h("button", { type: "submit", class: "primary" }, "Save key"), getKey() ? h("button", { type: "button", onclick: close }, "Cancel") : null),
+      h("div", { class: "row" }, h("button", { type: "submit", class: "primary" }, "Save key"), getKey() && !reason ? h("button", { type: "button", onclick: close }, "Cancel") : null),
       msg,
     ),
   );
