@@ -432,8 +432,8 @@ impl UnmixState {
     ///
     /// Per instance i: its channel mean m_i and biased variance v_i (over H·W, differentiable);
     /// soft assignment p_ik = softmax_k(cos(m_i, μ_k)/0.07) (no gradient); mixed statistics
-    /// μ̃_i = mean_k[(1−p_ik)μ_k + p_ik m_i], σ̃²_i = mean_k[(1−p_ik)σ²_k + p_ik v_i]
-    /// + mean_k[((1−p_ik)μ_k + p_ik m_i)²] − μ̃_i²; then μ_k += M·mean_i p_ik (m_i − μ_k), the
+    /// μ̃_i = mean_k[(1−p_ik)μ_k + p_ik m_i] and σ̃²_i = mean_k[(1−p_ik)σ²_k + p_ik v_i] plus
+    /// mean_k[((1−p_ik)μ_k + p_ik m_i)²] − μ̃_i²; then μ_k += M·mean_i p_ik (m_i − μ_k), the
     /// same for σ²_k with v_i, with the statistics from before the update used to normalize.
     pub fn forward(&mut self, x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
         let (n, c, h, wd) = x.dims4()?;
