@@ -407,6 +407,101 @@ pub struct BatchNorm {
     momentum: f32,
     /// Statistics of the last batch normalized with batch statistics (for diagnostics/tests).
     last_batch: Arc<Mutex<Option<BnStats>>>,
+    /// UnMix-TNS components; when set they replace the normalization in every mode.
+    unmix: Arc<Mutex<Option<UnmixState>>>,
+}
+
+/// UnMix-TNS (Tomar et al., ICLR 2024) state of one BatchNorm layer: K components of
+/// per-channel (mean, variance), mixed per instance and updated online.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UnmixState {
+    pub k: usize,
+    /// K × C component means, row-major.
+    pub means: Vec<f32>,
+    /// K × C component variances.
+    pub vars: Vec<f32>,
+    /// Update rate of the components.
+    pub momentum: f32,
+    /// Whether a forward pass updates the components (off for predictions without adapting).
+    pub update: bool,
+}
+
+impl UnmixState {
+    /// Normalize `x` (N, C, H, W) with per-instance mixtures of the components, then apply the
+    /// affine `w`, `b`; update the components from the instance statistics when `update`.
+    ///
+    /// Per instance i: its channel mean m_i and biased variance v_i (over H·W, differentiable);
+    /// soft assignment p_ik = softmax_k(cos(m_i, μ_k)/0.07) (no gradient); mixed statistics
+    /// μ̃_i = mean_k[(1−p_ik)μ_k + p_ik m_i] and σ̃²_i = mean_k[(1−p_ik)σ²_k + p_ik v_i] plus
+    /// mean_k[((1−p_ik)μ_k + p_ik m_i)²] − μ̃_i²; then μ_k += M·mean_i p_ik (m_i − μ_k), the
+    /// same for σ²_k with v_i, with the statistics from before the update used to normalize.
+    pub fn forward(&mut self, x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+        let (n, c, h, wd) = x.dims4()?;
+        let k = self.k;
+        let dev = x.device();
+        let xf = x.reshape((n, c, h * wd))?;
+        let m = xf.mean_keepdim(2)?; // (n, c, 1)
+        let v = xf.broadcast_sub(&m)?.sqr()?.mean_keepdim(2)?;
+        let m = m.reshape((n, 1, c))?;
+        let v = v.reshape((n, 1, c))?;
+        let mh = m.flatten_all()?.to_vec1::<f32>()?;
+        let vh = v.flatten_all()?.to_vec1::<f32>()?;
+        let unit = |r: &[f32]| -> Vec<f64> {
+            let nr = r
+                .iter()
+                .map(|a| (*a as f64).powi(2))
+                .sum::<f64>()
+                .sqrt()
+                .max(1e-12);
+            r.iter().map(|a| *a as f64 / nr).collect()
+        };
+        let mu_unit: Vec<Vec<f64>> = (0..k)
+            .map(|j| unit(&self.means[j * c..(j + 1) * c]))
+            .collect();
+        let mut probs = vec![0f32; n * k];
+        for i in 0..n {
+            let mi = unit(&mh[i * c..(i + 1) * c]);
+            let sims: Vec<f64> = mu_unit
+                .iter()
+                .map(|u| u.iter().zip(&mi).map(|(a, b)| a * b).sum::<f64>() / 0.07)
+                .collect();
+            let mx = sims.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let z: f64 = sims.iter().map(|s| (s - mx).exp()).sum();
+            for j in 0..k {
+                probs[i * k + j] = ((sims[j] - mx).exp() / z) as f32;
+            }
+        }
+        let p = Tensor::from_vec(probs.clone(), (n, k, 1), dev)?;
+        let q = p.affine(-1.0, 1.0)?;
+        let mu = Tensor::from_vec(self.means.clone(), (1, k, c), dev)?;
+        let sig = Tensor::from_vec(self.vars.clone(), (1, k, c), dev)?;
+        let mean_mat = (q.broadcast_mul(&mu)? + p.broadcast_mul(&m)?)?;
+        let var_mat = (q.broadcast_mul(&sig)? + p.broadcast_mul(&v)?)?;
+        let mean = mean_mat.mean(1)?; // (n, c)
+        let var = ((var_mat.mean(1)? + mean_mat.sqr()?.mean(1)?)? - mean.sqr()?)?;
+        let inv = (var + eps)?.sqrt()?.recip()?.reshape((n, c, 1, 1))?;
+        let y = x
+            .broadcast_sub(&mean.reshape((n, c, 1, 1))?)?
+            .broadcast_mul(&inv)?
+            .broadcast_mul(&w.reshape((1, c, 1, 1))?)?
+            .broadcast_add(&b.reshape((1, c, 1, 1))?)?;
+        if self.update {
+            let mom = self.momentum;
+            for j in 0..k {
+                for ch in 0..c {
+                    let (mut dm, mut dv) = (0f32, 0f32);
+                    for i in 0..n {
+                        let pij = probs[i * k + j];
+                        dm += pij * (mh[i * c + ch] - self.means[j * c + ch]);
+                        dv += pij * (vh[i * c + ch] - self.vars[j * c + ch]);
+                    }
+                    self.means[j * c + ch] += mom * dm / n as f32;
+                    self.vars[j * c + ch] += mom * dv / n as f32;
+                }
+            }
+        }
+        Ok(y)
+    }
 }
 
 impl BatchNorm {
@@ -429,12 +524,32 @@ impl BatchNorm {
             eps: 1e-5,
             momentum: 0.1,
             last_batch: Arc::new(Mutex::new(None)),
+            unmix: Arc::new(Mutex::new(None)),
         })
     }
 
+    /// Install (Some) or remove (None) UnMix-TNS components on this layer.
+    pub fn set_unmix(&self, state: Option<UnmixState>) {
+        *self.unmix.lock().expect("unmix lock poisoned") = state;
+    }
+
+    pub fn unmix(&self) -> Option<UnmixState> {
+        self.unmix.lock().expect("unmix lock poisoned").clone()
+    }
+
+    /// Switch the component updates of an installed UnMix-TNS layer on or off.
+    pub fn set_unmix_update(&self, on: bool) {
+        if let Some(s) = self.unmix.lock().expect("unmix lock poisoned").as_mut() {
+            s.update = on;
+        }
+    }
+
     pub fn forward(&self, x: &Tensor, mode: BnMode) -> Result<Tensor> {
-        let (rm, rv) = (self.running_mean.get(), self.running_var.get());
         let (w, b) = (self.weight.t(), self.bias.t());
+        if let Some(s) = self.unmix.lock().expect("unmix lock poisoned").as_mut() {
+            return s.forward(x, &w, &b, self.eps);
+        }
+        let (rm, rv) = (self.running_mean.get(), self.running_var.get());
         let y = match mode {
             BnMode::Eval => ops::batch_norm(x, &w, &b, (&rm, &rv), None, 0.0, self.eps)?,
             BnMode::Train | BnMode::Batch | BnMode::Alpha(_) => {
@@ -467,6 +582,16 @@ impl BatchNorm {
         relu: bool,
         pool: usize,
     ) -> Result<Tensor> {
+        if self.unmix.lock().expect("unmix lock poisoned").is_some() {
+            // UnMix-TNS normalizes per instance: the unfused path.
+            let h = self.forward(&conv.forward(x)?, mode)?;
+            let h = if relu { h.relu()? } else { h };
+            return Ok(if pool > 1 {
+                ops::max_pool2d(&h, pool)?
+            } else {
+                h
+            });
+        }
         let (rm, rv) = (self.running_mean.get(), self.running_var.get());
         let (y, stats) = ops::conv_bn(
             x,

@@ -134,7 +134,12 @@ fn every_setting_runs_every_method_on_one_stream() {
     let f = fixture();
     let methods = json!([
         "source", "norm_test", "norm_alpha", "tent", {"method": "eata", "fisher_size": 100},
-        "sar", "deyo", "crowds", "lame"
+        "sar", "deyo", "crowds", "lame", {"method": "norm_alpha", "core": true},
+        {"method": "cotta", "n_augmentations": 2}, {"method": "petal", "n_augmentations": 2},
+        {"method": "rmt", "source_samples": 100}, "unmix_tns",
+        {"method": "unmix_tns", "base": {"method": "eata", "fisher_size": 100}},
+        {"method": "adanpc", "source_samples": 100, "memory_size": 150},
+        {"method": "cafa", "source_samples": 100}
     ]);
     for (setting, extra) in [
         ("mixed_domains", json!({})),
@@ -191,7 +196,9 @@ fn every_setting_runs_every_method_on_one_stream() {
                 fg.before.n, per_domain,
                 "forgetting uses n_examples clean images"
             );
-            if m.adapts.is_empty() {
+            // adanpc (memory) and unmix_tns (statistics components) adapt no parameter but
+            // carry state, so they may forget.
+            if m.adapts.is_empty() && !["adanpc", "unmix_tns"].contains(&m.name.as_str()) {
                 assert_eq!(
                     fg.before, fg.after,
                     "{setting} {}: frozen methods forget nothing",

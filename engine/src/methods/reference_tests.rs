@@ -81,7 +81,10 @@ fn clean() -> &'static ImageSet {
             .iter()
             .map(|v| v.as_u64().unwrap() as u8)
             .collect(),
-        labels: vec![0; 64],
+        labels: match fixture()["clean_labels"].as_array() {
+            Some(a) => a.iter().map(|v| v.as_u64().unwrap() as u8).collect(),
+            None => vec![0; 64],
+        },
         height: 12,
         width: 12,
     })
@@ -264,5 +267,199 @@ fn lame_matches_pytorch_for_every_affinity() {
         let logp = m.adapt_and_predict(&input("x")).unwrap().logits;
         let probs: Vec<f32> = logp.iter().map(|v| v.exp()).collect();
         assert_close(&name, &probs, &floats(&case(&name)["probs"]));
+    }
+}
+
+/// Every named tensor of `want` against the model's parameter of that name.
+fn assert_params(what: &str, m: &Model, want: &Value) {
+    let want = want.as_object().unwrap();
+    let mut seen = 0;
+    for p in m.store().params() {
+        if let Some(w) = want.get(p.name()) {
+            let got = p
+                .var()
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            assert_close(&format!("{what} {}", p.name()), &got, &floats(w));
+            seen += 1;
+        }
+    }
+    assert_eq!(
+        seen,
+        want.len(),
+        "{what}: every fixture tensor was compared"
+    );
+}
+
+fn views() -> Vec<Tensor> {
+    fixture()["views"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| Tensor::from_vec(floats(v), (16, 1, 12, 12), &Device::Cpu).unwrap())
+        .collect()
+}
+
+#[test]
+fn norm_alpha_core_matches_pytorch() {
+    let m = run_one("norm_alpha_core");
+    assert_affine(
+        "norm_alpha+core",
+        m.as_ref(),
+        &case("norm_alpha_core")["after"],
+    );
+    assert_moved(m.as_ref());
+}
+
+#[test]
+fn cotta_matches_pytorch_with_the_same_views_and_restore_masks() {
+    let c = case("cotta");
+    let mut m = cotta::Cotta::new(model(), &spec("cotta"), &env()).unwrap();
+    let masks: Vec<Vec<bool>> = m
+        .model()
+        .store()
+        .trainable()
+        .iter()
+        .map(|p| {
+            c["masks"][p.name()]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() == 1)
+                .collect()
+        })
+        .collect();
+    m.set_fixed(views(), Some(masks));
+    let out = m.adapt_and_predict(&input("x")).unwrap();
+    assert!(!out.skipped_update);
+    assert_close("cotta teacher target", &out.logits, &floats(&c["logits"]));
+    assert_params("cotta student", m.model(), &c["after"]);
+    assert_params("cotta teacher", m.teacher(), &c["teacher_after"]);
+}
+
+#[test]
+fn petal_two_steps_match_pytorch() {
+    let c = case("petal");
+    let mut m = petal::petal(model(), &spec("petal"), &env()).unwrap();
+    m.set_fixed(views(), None);
+    let out = m.adapt_and_predict(&input("x")).unwrap();
+    assert_close("petal batch 1", &out.logits, &floats(&c["logits"]));
+    assert!(
+        c["restored1"].as_u64().unwrap() > 0,
+        "the Fisher restore fired"
+    );
+    let out = m.adapt_and_predict(&input("x2")).unwrap();
+    assert_close("petal batch 2", &out.logits, &floats(&c["logits2"]));
+    assert_params("petal student", m.model(), &c["after"]);
+    assert_params("petal teacher", m.teacher(), &c["teacher_after"]);
+}
+
+#[test]
+fn rmt_matches_pytorch() {
+    let c = case("rmt");
+    let mut m = rmt::Rmt::new(model(), &spec("rmt"), &env()).unwrap();
+    for p in m.projector().params() {
+        let t = Tensor::from_vec(
+            floats(&c["projector"][p.name()]),
+            p.var().shape(),
+            &Device::Cpu,
+        )
+        .unwrap();
+        p.var().set(&t).unwrap();
+    }
+    m.set_fixed_view(views()[0].clone());
+    let out = m.adapt_and_predict(&input("x")).unwrap();
+    assert!(!out.skipped_update);
+    assert_close("rmt student + teacher", &out.logits, &floats(&c["logits"]));
+    assert_params("rmt student", m.model(), &c["after"]);
+    let want = c["projector_after"].as_object().unwrap();
+    for p in m.projector().params() {
+        let got = p
+            .var()
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_close(&format!("rmt {}", p.name()), &got, &floats(&want[p.name()]));
+    }
+    assert_params("rmt teacher", m.teacher(), &c["teacher_after"]);
+}
+
+fn set_components(m: &Model, c: &Value, key: &str) {
+    for bn_i in 0..2 {
+        let name = format!("features.{bn_i}.0.bn");
+        let pair = c[key][&name].as_array().unwrap();
+        let bn = m.bns()[bn_i];
+        let mut st = bn.unmix().unwrap();
+        st.means = floats(&pair[0]);
+        st.vars = floats(&pair[1]);
+        bn.set_unmix(Some(st));
+    }
+}
+
+fn assert_components(what: &str, m: &Model, c: &Value) {
+    for bn_i in 0..2 {
+        let name = format!("features.{bn_i}.0.bn");
+        let pair = c["components_after"][&name].as_array().unwrap();
+        let st = m.bns()[bn_i].unmix().unwrap();
+        assert_close(
+            &format!("{what} {name} means"),
+            &st.means,
+            &floats(&pair[0]),
+        );
+        assert_close(&format!("{what} {name} vars"), &st.vars, &floats(&pair[1]));
+    }
+}
+
+#[test]
+fn unmix_tns_alone_and_under_tent_match_pytorch() {
+    for name in ["unmix_tns", "unmix_tns_tent"] {
+        let c = case(name);
+        let mut m = build(&spec(name), model(), &env()).unwrap();
+        set_components(m.model(), c, "init");
+        let out = m.adapt_and_predict(&input("x")).unwrap();
+        assert_close(name, &out.logits, &floats(&c["logits"]));
+        assert_components(name, m.model(), c);
+        if !c["after"].is_null() {
+            assert_affine(name, m.as_ref(), &c["after"]);
+            assert_moved(m.as_ref());
+        }
+    }
+}
+
+#[test]
+fn adanpc_votes_and_memory_match_pytorch() {
+    let c = case("adanpc");
+    let mut m = build(&spec("adanpc"), model(), &env()).unwrap();
+    let to_p = |l: Vec<f32>| l.iter().map(|v| v.exp()).collect::<Vec<_>>();
+    let p1 = to_p(m.adapt_and_predict(&input("x")).unwrap().logits);
+    assert_close("adanpc batch 1", &p1, &floats(&c["probs"]));
+    let kept = c["kept"].as_u64().unwrap();
+    assert!(
+        kept > 0 && kept < 16,
+        "the fixture's beta keeps part of the batch"
+    );
+    assert_eq!(m.counters().samples_used, kept);
+    // The second batch is voted on by a memory that now holds batch 1's confident samples.
+    let p2 = to_p(m.adapt_and_predict(&input("x2")).unwrap().logits);
+    assert_close("adanpc batch 2", &p2, &floats(&c["probs2"]));
+    assert_eq!(
+        m.counters().samples_used,
+        kept + c["kept2"].as_u64().unwrap()
+    );
+}
+
+#[test]
+fn cafa_matches_pytorch_for_both_covariances() {
+    // 64 clean samples of 288 features: the shared covariance goes through the Woodbury
+    // identity here, PyTorch inverts the 288 × 288 matrix directly.
+    for name in ["cafa", "cafa_diagonal"] {
+        let m = run_one(name);
+        assert_affine(name, m.as_ref(), &case(name)["after"]);
+        assert_moved(m.as_ref());
     }
 }

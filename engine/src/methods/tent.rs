@@ -25,10 +25,24 @@ pub(crate) struct AffineLearner {
 
 impl AffineLearner {
     pub fn new(model: Model, optimizer: OptimizerSpec, method: &str) -> Result<Self> {
-        let n = model.store().set_trainable(|p| p.kind().is_norm_affine());
-        if n == 0 {
+        Self::with(model, optimizer, method, |p| p.kind().is_norm_affine())
+    }
+
+    /// Train the parameters for which `f` is true (CoTTA, RMT, PETAL: all of them).
+    pub fn with(
+        model: Model,
+        optimizer: OptimizerSpec,
+        method: &str,
+        f: impl Fn(&crate::nn::Param) -> bool,
+    ) -> Result<Self> {
+        if model.bns().is_empty() {
             return Err(EngineError::InvalidSpec(format!(
                 "{method} needs a model with BatchNorm layers"
+            )));
+        }
+        if model.store().set_trainable(f) == 0 {
+            return Err(EngineError::InvalidSpec(format!(
+                "{method}: the model has no parameter to adapt"
             )));
         }
         let lr = optimizer.lr();
