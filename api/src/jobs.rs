@@ -13,8 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
-use utoipa::IntoParams;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 pub fn routes() -> Router<AppState> {
@@ -29,6 +29,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/jobs/{id}/metrics", get(job_metrics))
         .route("/v1/jobs/{id}/logs", get(logs))
         .route("/v1/jobs/{id}/checkpoints", get(job_checkpoints))
+        .route("/v1/jobs/{id}/samples", get(samples))
         .route("/v1/jobs/{id}/events", get(crate::events::events))
         .route("/v1/runs/{id}", get(get_run))
         .route("/v1/runs/{id}/metrics", get(run_metrics))
@@ -595,6 +596,102 @@ pub async fn logs(
         .collect();
     let next_after = lines.last().map(|l| l.id).unwrap_or(after);
     Ok(Json(LogPage { lines, next_after }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct SampleParams {
+    /// Only the samples of this problem (e.g. `HumanEval/0`).
+    pub problem_id: Option<String>,
+    /// Only correct (`true`) or only wrong (`false`) samples.
+    pub correct: Option<bool>,
+    /// Rows to skip (default 0).
+    pub offset: Option<i64>,
+    /// Page size (1–1000, default 100).
+    pub limit: Option<i64>,
+}
+
+/// One sample of a `sample` job, with its problem.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SampleRow {
+    pub problem_id: String,
+    #[serde(flatten)]
+    pub sample: attune_engine::jobs::sample::SampleRecord,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SamplePage {
+    /// Rows matching the filters, over all pages.
+    pub total: usize,
+    pub offset: usize,
+    pub samples: Vec<SampleRow>,
+}
+
+/// The samples of a succeeded `sample` job with their verdicts, one row per (problem, sample),
+/// in problem order.
+#[utoipa::path(get, path = "/v1/jobs/{id}/samples", tag = "jobs", params(("id" = Uuid, Path), SampleParams),
+    responses((status = 200, body = SamplePage), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("api_key" = [])))]
+pub async fn samples(
+    State(state): State<AppState>,
+    Auth(owner): Auth,
+    Path(id): Path<String>,
+    Q(p): Q<SampleParams>,
+) -> ApiResult<Json<SamplePage>> {
+    let j = owned_job(&state, owner, &id).await?;
+    let limit = check_limit(p.limit, 100, 1000)? as usize;
+    let offset = p.offset.unwrap_or(0);
+    if offset < 0 {
+        return Err(ApiError::param(
+            "offset",
+            format!("must be ≥ 0, got {offset}"),
+        ));
+    }
+    if j.kind != "sample" {
+        return Err(ApiError::Conflict {
+            msg: format!(
+                "job {} is a `{}` job; only `sample` jobs have samples",
+                j.id, j.kind
+            ),
+        });
+    }
+    let Some(result) = &j.result else {
+        return Err(ApiError::Conflict {
+            msg: format!("job {} has no result yet (status `{}`)", j.id, j.status),
+        });
+    };
+    let mut rows = vec![];
+    for prob in result["per_problem"].as_array().into_iter().flatten() {
+        let pid = prob["id"].as_str().unwrap_or_default();
+        if p.problem_id.as_deref().is_some_and(|want| want != pid) {
+            continue;
+        }
+        for s in prob["samples"].as_array().into_iter().flatten() {
+            if p.correct.is_some_and(|c| s["correct"].as_bool() != Some(c)) {
+                continue;
+            }
+            rows.push((pid, s));
+        }
+    }
+    let total = rows.len();
+    let samples = rows
+        .into_iter()
+        .skip(offset as usize)
+        .take(limit)
+        .map(|(pid, s)| {
+            Ok(SampleRow {
+                problem_id: pid.to_string(),
+                sample: serde_json::from_value(s.clone())
+                    .map_err(|e| ApiError::Internal(format!("stored sample: {e}")))?,
+            })
+        })
+        .collect::<ApiResult<Vec<_>>>()?;
+    Ok(Json(SamplePage {
+        total,
+        offset: offset as usize,
+        samples,
+    }))
 }
 
 /// Checkpoints the job wrote.

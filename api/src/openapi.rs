@@ -14,7 +14,7 @@ use utoipa_swagger_ui::SwaggerUi;
         crate::jobs::submit, crate::jobs::validate, crate::jobs::facets, crate::examples::list,
         crate::schedules::preview, crate::jobs::list, crate::jobs::get_job, crate::jobs::cancel,
         crate::jobs::retry, crate::jobs::runs, crate::jobs::job_metrics, crate::jobs::logs,
-        crate::jobs::job_checkpoints, crate::events::events, crate::jobs::get_run,
+        crate::jobs::job_checkpoints, crate::jobs::samples, crate::events::events, crate::jobs::get_run,
         crate::jobs::run_metrics, crate::jobs::batch_metrics, crate::jobs::get_checkpoint,
         crate::jobs::download, crate::schedules::create, crate::schedules::list,
         crate::schedules::get_one, crate::schedules::pause, crate::schedules::resume,

@@ -13,6 +13,7 @@
 //! See docs/speed.md for the figures and how to read them.
 
 mod flops;
+mod sampling;
 mod torch;
 
 use anyhow::{bail, Context as _, Result};
@@ -31,7 +32,7 @@ use std::time::Instant;
 #[derive(Parser)]
 #[command(
     name = "attune-bench",
-    about = "Attune vs PyTorch: images/s of source / norm_test / TENT / EATA, with parity checks"
+    about = "Attune vs PyTorch: images/s of source / norm_test / TENT / EATA, with parity checks; batched sampling vs llama.cpp"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -44,6 +45,8 @@ enum Command {
     Run(RunArgs),
     /// Peak resident memory over a long stream.
     Memory(MemoryArgs),
+    /// Tokens/s of batched sampling (N = 1, 4, 16) against llama.cpp on the same GGUF file.
+    Sampling(sampling::SamplingArgs),
 }
 
 #[derive(Args, Clone)]
@@ -137,21 +140,23 @@ struct MemoryArgs {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let common = match &cli.command {
-        Command::Run(a) => a.common.clone(),
-        Command::Memory(a) => a.common.clone(),
+    let threads = match &cli.command {
+        Command::Run(a) => a.common.threads,
+        Command::Memory(a) => a.common.threads,
+        Command::Sampling(a) => a.threads,
     };
     // candle sizes its own CPU thread use from RAYON_NUM_THREADS; the gemm calls of the engine's
     // kernels use the global rayon pool.
-    std::env::set_var("RAYON_NUM_THREADS", common.threads.to_string());
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     rayon::ThreadPoolBuilder::new()
-        .num_threads(common.threads)
+        .num_threads(threads)
         .build_global()
         .context("cannot size the rayon thread pool")?;
     attune_engine::tune_allocator();
     match cli.command {
         Command::Run(a) => run(a),
         Command::Memory(a) => memory(a),
+        Command::Sampling(a) => sampling::run(a),
     }
 }
 

@@ -203,6 +203,9 @@ fn run(args: RunArgs) -> Result<()> {
     if let jobs::JobResult::Adapt(a) = &result {
         std::fs::write(out.join("error.svg"), plot::error_svg(a))?;
     }
+    if let jobs::JobResult::Sample(r) = &result {
+        std::fs::write(out.join("pass_at_k.svg"), plot::pass_at_k_svg(r))?;
+    }
     println!("{}", output::table(&result));
     println!(
         "wall time {:.1} s; results in {}",

@@ -1,6 +1,6 @@
 //! Plain-text tables of job results.
 
-use attune_engine::jobs::{AdaptResult, EvaluateResult, JobResult, TrainResult};
+use attune_engine::jobs::{AdaptResult, EvaluateResult, JobResult, SampleResult, TrainResult};
 use std::fmt::Write;
 
 fn pct(x: f64) -> String {
@@ -196,5 +196,66 @@ pub fn table(r: &JobResult) -> String {
         JobResult::Train(t) => train(t),
         JobResult::Adapt(a) => adapt(a),
         JobResult::Evaluate(e) => evaluate(e),
+        JobResult::Sample(r) => sample(r),
     }
+}
+
+/// pass@k at 1, 2, 4, … and N; then the selection strategies.
+fn sample(r: &SampleResult) -> String {
+    let mut ks: Vec<usize> = (0..)
+        .map(|i| 1usize << i)
+        .take_while(|k| *k <= r.n)
+        .collect();
+    if ks.last() != Some(&r.n) {
+        ks.push(r.n);
+    }
+    let mut header = vec!["problems".to_string()];
+    header.extend(ks.iter().map(|k| format!("pass@{k} %")));
+    let row = |label: String, curve: &[attune_engine::jobs::sample::PassAtK]| -> Vec<String> {
+        let mut v = vec![label];
+        v.extend(
+            ks.iter()
+                .map(|k| curve.get(k - 1).map(|p| pct(p.value)).unwrap_or_default()),
+        );
+        v
+    };
+    let mut rows = vec![row(format!("all ({})", r.problems), &r.pass_at_k)];
+    for d in &r.by_difficulty {
+        rows.push(row(
+            format!("difficulty {} ({})", d.difficulty, d.problems),
+            &d.pass_at_k,
+        ));
+    }
+    let mut s = render(&header, &rows);
+    let header: Vec<String> = ["selection (one answer of N)", "correct", "accuracy %"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let rows: Vec<Vec<String>> = r
+        .selection
+        .iter()
+        .map(|x| {
+            vec![
+                x.strategy.clone(),
+                format!("{}/{}", x.correct, r.problems),
+                pct(x.accuracy),
+            ]
+        })
+        .collect();
+    s.push('\n');
+    s.push_str(&render(&header, &rows));
+    writeln!(
+        s,
+        "{} {} ({}, weights {}, template {}), N = {}; {} prompt + {} generated tokens",
+        r.model.arch,
+        r.model.path,
+        r.model.format,
+        r.model.weights,
+        r.model.chat_template,
+        r.n,
+        r.prompt_tokens,
+        r.generated_tokens
+    )
+    .ok();
+    s
 }

@@ -146,3 +146,53 @@ fn errors_exit_non_zero_with_a_clear_message() {
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("run `scripts/fetch-data.sh`"), "{err}");
 }
+
+#[test]
+fn sample_job_in_embedded_mode_writes_result_and_curve() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(data.join("llm")).unwrap();
+    attune_engine::llm::tiny::write_gguf(
+        &data.join("llm/tiny.gguf"),
+        4,
+        candle_core::quantized::GgmlDType::F32,
+    )
+    .unwrap();
+    // One answer problem and one code problem judged in the sandbox.
+    write(
+        &data.join("p.jsonl"),
+        "{\"id\": \"a\", \"prompt\": \"2+2?\", \"answer\": 4}\n{\"id\": \"c\", \"prompt\": \"def f():\\n\", \"tests\": \"assert f() == 1\"}\n",
+    );
+    let spec = tmp.path().join("s.toml");
+    write(
+        &spec,
+        "kind = \"sample\"\nn = 3\nprompt_style = \"completion\"\n[model]\npath = \"llm/tiny.gguf\"\n[problems]\nsource = \"jsonl\"\npath = \"p.jsonl\"\n[sampling]\nmax_new_tokens = 5\n",
+    );
+    let out = attune()
+        .args(["run", spec.to_str().unwrap(), "--quiet", "--out"])
+        .arg(tmp.path().join("s"))
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        table.contains("pass@3 %") && table.contains("majority_vote"),
+        "{table}"
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("s/result.json")).unwrap())
+            .unwrap();
+    assert_eq!(r["kind"], "sample");
+    assert_eq!(r["per_problem"].as_array().unwrap().len(), 2);
+    let code = &r["per_problem"][1]["samples"];
+    assert_eq!(code.as_array().unwrap().len(), 3);
+    assert!(code[0]["verdict"].is_string(), "{code}");
+    let svg = std::fs::read_to_string(tmp.path().join("s/pass_at_k.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("polyline"));
+}

@@ -43,6 +43,14 @@ pub enum EngineError {
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),
 
+    /// A tokenizer failed to encode or decode.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+
+    /// The verifier sandbox could not be set up or run (not a verdict on the code it ran).
+    #[error("sandbox: {0}")]
+    Sandbox(String),
+
     /// The job was cancelled through its cancellation token.
     #[error("cancelled")]
     Cancelled,

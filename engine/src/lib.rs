@@ -7,6 +7,8 @@ pub mod corrupt;
 pub mod data;
 pub mod error;
 pub mod jobs;
+#[cfg(feature = "llm")]
+pub mod llm;
 pub mod losses;
 pub mod methods;
 pub mod metrics;
@@ -15,6 +17,7 @@ pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod rng;
+pub mod ttc;
 
 pub use error::{EngineError, Result};
 

@@ -7,6 +7,7 @@
 
 pub mod adapt;
 pub mod evaluate;
+pub mod sample;
 pub mod stream;
 pub mod train;
 
@@ -19,6 +20,7 @@ use std::sync::Arc;
 
 pub use adapt::{AdaptResult, AdaptSpec};
 pub use evaluate::{EvaluateResult, EvaluateSpec};
+pub use sample::{SampleResult, SampleSpec};
 pub use train::{TrainResult, TrainSpec};
 
 /// What a job does, with its own fields.
@@ -32,6 +34,8 @@ pub enum JobKind {
     Adapt(AdaptSpec),
     /// Evaluate checkpoints on clean and corrupted test data without adapting.
     Evaluate(EvaluateSpec),
+    /// Sample N answers per problem from a language model; pass@k and best-of-N.
+    Sample(SampleSpec),
 }
 
 /// A complete job: common fields plus the kind-specific ones, all at the top level.
@@ -77,7 +81,7 @@ impl JobSpec {
         };
         if !obj.contains_key("kind") {
             return Err(EngineError::InvalidSpec(
-                "missing field `kind` (one of: train, adapt, evaluate)".into(),
+                "missing field `kind` (one of: train, adapt, evaluate, sample)".into(),
             ));
         }
         let rest = v.clone();
@@ -132,6 +136,7 @@ impl JobSpec {
             JobKind::Train(_) => "train",
             JobKind::Adapt(_) => "adapt",
             JobKind::Evaluate(_) => "evaluate",
+            JobKind::Sample(_) => "sample",
         }
     }
 
@@ -143,6 +148,7 @@ impl JobSpec {
             JobKind::Train(s) => s.validate(),
             JobKind::Adapt(s) => s.validate(),
             JobKind::Evaluate(s) => s.validate(),
+            JobKind::Sample(s) => s.validate(),
         }
     }
 }
@@ -164,6 +170,7 @@ fn error_field(v: &serde_json::Value) -> Option<String> {
         "train" => path::<TrainSpec>(rest),
         "adapt" => path::<AdaptSpec>(rest),
         "evaluate" => path::<EvaluateSpec>(rest),
+        "sample" => path::<SampleSpec>(rest),
         _ => None,
     }
 }
@@ -331,6 +338,7 @@ pub enum JobResult {
     Train(TrainResult),
     Adapt(AdaptResult),
     Evaluate(EvaluateResult),
+    Sample(SampleResult),
 }
 
 /// Provenance recorded in every result.
@@ -365,6 +373,7 @@ pub fn run(spec: &JobSpec, ctx: &mut Context) -> Result<JobResult> {
         JobKind::Train(t) => Ok(JobResult::Train(train::run(spec, t, &device, ctx)?)),
         JobKind::Adapt(a) => Ok(JobResult::Adapt(adapt::run(spec, a, &device, ctx)?)),
         JobKind::Evaluate(e) => Ok(JobResult::Evaluate(evaluate::run(spec, e, &device, ctx)?)),
+        JobKind::Sample(s) => Ok(JobResult::Sample(sample::run(spec, s, &device, ctx)?)),
     }
 }
 

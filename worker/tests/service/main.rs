@@ -723,3 +723,60 @@ async fn graceful_shutdown_hands_the_running_job_back() {
     assert_eq!(runs[1], ("succeeded".to_string(), 750));
     app.cleanup().await;
 }
+
+/// A `sample` job through the service: a tiny random llama on generated problems; the stored
+/// result equals the embedded run's, and its samples page through `/samples`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sample_job_stores_samples_and_verdicts_browsable_by_page() {
+    let mut app = TestApp::new().await;
+    app.start_worker().await;
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny.gguf");
+    attune_engine::llm::tiny::write_gguf(&model, 3, candle_core::quantized::GgmlDType::F32)
+        .unwrap();
+    let spec = json!({
+        "kind": "sample", "seed": 5, "n": 3,
+        "model": {"path": model, "max_seq_len": 256},
+        "problems": {"source": "arithmetic", "count": 2, "min_difficulty": 1, "max_difficulty": 2},
+        "sampling": {"temperature": 1.0, "max_new_tokens": 6}
+    });
+    let id = app.submit(&spec).await;
+    let job = app.wait_status(id, "succeeded", T).await;
+    assert_eq!(job["kind"], "sample");
+    let out = dir.path().join("embedded");
+    let embedded = embedded_run(&spec, &fixture().data, &out).unwrap();
+    assert_eq!(job["result"], embedded);
+    assert_eq!(job["result"]["pass_at_k"].as_array().unwrap().len(), 3);
+
+    let (s, page) = app.get(&format!("/v1/jobs/{id}/samples")).await;
+    assert_eq!(s, StatusCode::OK, "{page}");
+    assert_eq!(page["total"], 6);
+    let rows = page["samples"].as_array().unwrap();
+    assert_eq!(rows[0]["problem_id"], "arith/0");
+    assert_eq!(rows[3]["problem_id"], "arith/1");
+    assert_eq!(rows[4]["index"], 1);
+    assert_eq!(
+        rows[4]["text"],
+        embedded["per_problem"][1]["samples"][1]["text"]
+    );
+    let (_, page) = app
+        .get(&format!(
+            "/v1/jobs/{id}/samples?problem_id=arith/1&offset=1&limit=1"
+        ))
+        .await;
+    assert_eq!(page["total"], 3);
+    assert_eq!(page["samples"].as_array().unwrap().len(), 1);
+    assert_eq!(page["samples"][0]["index"], 1);
+    let (s, e) = app.get(&format!("/v1/jobs/{id}/samples?limit=0")).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
+    // Not a sample job: a 409 that says so.
+    let other = app.submit(&quick_spec()).await;
+    app.wait_status(other, "succeeded", T).await;
+    let (s, e) = app.get(&format!("/v1/jobs/{other}/samples")).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{e}");
+    assert!(
+        e["error"].as_str().unwrap().contains("only `sample` jobs"),
+        "{e}"
+    );
+    app.cleanup().await;
+}
