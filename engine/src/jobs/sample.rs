@@ -5,7 +5,9 @@
 //!
 //! Generation needs the `llm` feature; judging and scoring (this file's other half) do not.
 
-use super::{Context, Event, JobSpec, Provenance};
+#[cfg(feature = "llm")]
+use super::Event;
+use super::{Context, JobSpec, Provenance};
 use crate::error::{EngineError, Result};
 use crate::ttc::problems::{self, Check, Problem};
 use crate::ttc::sandbox::{self, Limits, Verdict};
