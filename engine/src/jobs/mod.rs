@@ -27,6 +27,8 @@ pub use train::{TrainResult, TrainSpec};
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+// A spec is parsed once per job and moved, never stored in bulk: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum JobKind {
     /// Train a source model on the clean training split.
     Train(TrainSpec),

@@ -110,7 +110,7 @@ impl Llama {
                 layers.len()
             )));
         }
-        if cfg.n_kv_head == 0 || cfg.n_head % cfg.n_kv_head != 0 {
+        if cfg.n_kv_head == 0 || !cfg.n_head.is_multiple_of(cfg.n_kv_head) {
             return Err(EngineError::InvalidSpec(format!(
                 "{} attention heads are not a multiple of {} key/value heads",
                 cfg.n_head, cfg.n_kv_head

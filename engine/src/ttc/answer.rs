@@ -180,7 +180,7 @@ pub fn check_steps(text: &str) -> (usize, usize) {
             .max()
             .map(|i| &left[i..])
             .unwrap_or(&left);
-        let left = left.trim_start_matches(|c: char| c == ' ' || c == 'x' || c == ',' || c == '.');
+        let left = left.trim_start_matches([' ', 'x', ',', '.']);
         let right_num = numbers(&text[eq + 1..])
             .first()
             .filter(|(p, _)| {
