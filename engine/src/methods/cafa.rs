@@ -16,9 +16,7 @@
 //! computed in f64.
 
 use super::tent::AffineLearner;
-use super::{
-    clean_features, host, need_batch, BatchOutput, Counters, Method, MethodEnv, MethodSpec,
-};
+use super::{clean_features, host, need_batch, BatchOutput, Method, MethodEnv, MethodSpec};
 use crate::error::{EngineError, Result};
 use crate::models::Model;
 use crate::nn::BnMode;
@@ -258,15 +256,5 @@ impl Method for Cafa {
         self.core.reset()
     }
 
-    fn adapted_parameters(&self) -> Vec<String> {
-        self.core.adapted_parameters()
-    }
-
-    fn counters(&self) -> Counters {
-        self.core.counters
-    }
-
-    fn model(&self) -> &Model {
-        &self.core.model
-    }
+    delegate_to_core!();
 }

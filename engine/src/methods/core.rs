@@ -12,7 +12,7 @@
 //! before the step. α-BN's source statistics keep a single-sample batch well defined.
 
 use super::tent::AffineLearner;
-use super::{host, BatchOutput, Counters, Method};
+use super::{host, BatchOutput, Method};
 use crate::error::Result;
 use crate::losses;
 use crate::models::Model;
@@ -65,15 +65,5 @@ impl Method for Core {
         self.core.reset()
     }
 
-    fn adapted_parameters(&self) -> Vec<String> {
-        self.core.adapted_parameters()
-    }
-
-    fn counters(&self) -> Counters {
-        self.core.counters
-    }
-
-    fn model(&self) -> &Model {
-        &self.core.model
-    }
+    delegate_to_core!();
 }

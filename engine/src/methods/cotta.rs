@@ -20,7 +20,7 @@
 use super::augment::tta_transform;
 use super::filters::Scores;
 use super::tent::AffineLearner;
-use super::{host, need_batch, BatchOutput, Counters, Method, MethodEnv, MethodSpec};
+use super::{host, need_batch, BatchOutput, Method, MethodEnv, MethodSpec};
 use crate::error::Result;
 use crate::losses;
 use crate::models::Model;
@@ -310,15 +310,5 @@ impl Method for Cotta {
         self.core.reset()
     }
 
-    fn adapted_parameters(&self) -> Vec<String> {
-        self.core.adapted_parameters()
-    }
-
-    fn counters(&self) -> Counters {
-        self.core.counters
-    }
-
-    fn model(&self) -> &Model {
-        &self.core.model
-    }
+    delegate_to_core!();
 }

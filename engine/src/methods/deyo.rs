@@ -13,7 +13,7 @@
 
 use super::filters::{self, ln_classes, Crowds, Scores};
 use super::tent::AffineLearner;
-use super::{host, need_batch, BatchOutput, Counters, Method, MethodSpec};
+use super::{host, need_batch, BatchOutput, Method, MethodSpec};
 use crate::error::Result;
 use crate::losses;
 use crate::models::Model;
@@ -189,15 +189,5 @@ impl Method for Deyo {
         self.core.reset()
     }
 
-    fn adapted_parameters(&self) -> Vec<String> {
-        self.core.adapted_parameters()
-    }
-
-    fn counters(&self) -> Counters {
-        self.core.counters
-    }
-
-    fn model(&self) -> &Model {
-        &self.core.model
-    }
+    delegate_to_core!();
 }

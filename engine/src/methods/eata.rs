@@ -15,7 +15,7 @@
 
 use super::filters::{self, ln_classes, Crowds, Scores};
 use super::tent::AffineLearner;
-use super::{host, need_batch, BatchOutput, Counters, Method, MethodEnv, MethodSpec};
+use super::{host, need_batch, BatchOutput, Method, MethodEnv, MethodSpec};
 use crate::error::{EngineError, Result};
 use crate::jobs::images_to_tensor;
 use crate::losses;
@@ -221,15 +221,5 @@ impl Method for Eata {
         self.core.reset()
     }
 
-    fn adapted_parameters(&self) -> Vec<String> {
-        self.core.adapted_parameters()
-    }
-
-    fn counters(&self) -> Counters {
-        self.core.counters
-    }
-
-    fn model(&self) -> &Model {
-        &self.core.model
-    }
+    delegate_to_core!();
 }

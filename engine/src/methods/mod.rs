@@ -9,6 +9,25 @@
 //! computed from the model's class count (one benchmark's port hard-codes ln 1000, which never
 //! fires on 10 classes).
 
+/// The three `Method` accessors of every method that keeps its model and counters in a `core`
+/// field (`tent::AffineLearner`, or a learner with the same members): written once, used inside
+/// each `impl Method`.
+macro_rules! delegate_to_core {
+    () => {
+        fn adapted_parameters(&self) -> Vec<String> {
+            self.core.adapted_parameters()
+        }
+
+        fn counters(&self) -> $crate::methods::Counters {
+            self.core.counters
+        }
+
+        fn model(&self) -> &$crate::models::Model {
+            &self.core.model
+        }
+    };
+}
+
 mod adanpc;
 mod augment;
 mod cafa;

@@ -155,15 +155,5 @@ impl Method for Tent {
         self.core.reset()
     }
 
-    fn adapted_parameters(&self) -> Vec<String> {
-        self.core.adapted_parameters()
-    }
-
-    fn counters(&self) -> Counters {
-        self.core.counters
-    }
-
-    fn model(&self) -> &Model {
-        &self.core.model
-    }
+    delegate_to_core!();
 }
