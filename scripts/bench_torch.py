@@ -8,7 +8,8 @@ state. It loads the very safetensors files Attune exported, reads the same strea
 images, divided by 255 exactly as Attune does), and runs the methods the way their official
 code writes them (TENT: BN in train mode without running statistics, only the BN affine
 parameters trained, Adam; EATA: entropy + redundancy filters, confidence weights, Fisher
-regularizer estimated on clean training images with argmax pseudo-labels).
+regularizer estimated on clean training images with argmax pseudo-labels; CoTTA: student, EMA
+teacher and anchor, augmentation-averaged targets, stochastic restore).
 
 Requests:
   {"cmd": "hello"}                                   -> torch version, threads, device
@@ -16,8 +17,9 @@ Requests:
   {"cmd": "load", "name", "arch", "weights", "normalization", "classes",
    "stream": {"path", "n", "h", "w"}, "clean": {"path", "n", "h", "w"}}
   {"cmd": "bench", "model", "method", "batch", "batches_per_repeat", "repeats", "warmup",
-   "eata": {...}}                                    -> images/s of every repeat
-  {"cmd": "parity", "model", "method", "batch", "batches", "out", "eata": {...}}
+   "spec": {...}}                                    -> images/s of every repeat ("spec": the
+                                                        method's spec, as Attune serializes it)
+  {"cmd": "parity", "model", "method", "batch", "batches", "out", "spec": {...}}
                                                      -> writes the logits of every batch, then of
                                                         a re-prediction of batch 0, as raw f32
   {"cmd": "quit"}
@@ -292,7 +294,94 @@ class Eata:
         return self.m(x)
 
 
-METHODS = {"source": Source, "norm_test": NormTest, "tent": Tent, "eata": Eata}
+def tta_transform(x, hflip, gen):
+    """CoTTA's test-time augmentation, per image, as batched tensor ops: the same chain and
+    ranges as Attune's `methods/augment.rs` (clip, brightness, contrast towards the image mean,
+    gamma, affine with edge padding, 5×5 Gaussian blur with reflect padding, flip, noise)."""
+    n, c, h, w = x.shape
+    dev = x.device
+
+    def u(lo, hi):
+        return (torch.rand(n, generator=gen) * (hi - lo) + lo).to(dev)
+
+    b, con, gam = u(0.6, 1.4), u(0.7, 1.3), u(0.7, 1.3)
+    ang = u(-15.0, 15.0) * math.pi / 180
+    tx = torch.round(u(-round(w / 16), round(w / 16)))
+    ty = torch.round(u(-round(h / 16), round(h / 16)))
+    sc, sig = u(0.9, 1.1), u(0.001, 0.5)
+    flip = (torch.rand(n, generator=gen) < 0.5).to(dev) & hflip
+    v = lambda t: t.view(n, 1, 1, 1)
+    a = (x.clamp(0, 1) * v(b)).clamp(0, 1)
+    a = (v(con) * a + (1 - v(con)) * a.mean((1, 2, 3), keepdim=True)).clamp(0, 1) ** v(gam)
+    # Inverse affine map around the centre, in align_corners=True normalized coordinates.
+    cos, sin = torch.cos(ang) / sc, torch.sin(ang) / sc
+    cx, cy = (w - 1) / 2, (h - 1) / 2
+    theta = torch.stack([
+        torch.stack([cos, sin * cy / cx, -(cos * tx + sin * ty) / cx], 1),
+        torch.stack([-sin * cx / cy, cos, -(-sin * tx + cos * ty) / cy], 1),
+    ], 1)
+    grid = F.affine_grid(theta, (n, c, h, w), align_corners=True)
+    a = F.grid_sample(a, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    k = torch.exp(-(torch.arange(-2, 3, device=dev).float().view(1, 5) ** 2) / (2 * sig.view(n, 1) ** 2))
+    k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)
+    a = F.pad(a.reshape(1, n * c, h, w), (2, 2, 2, 2), mode="reflect")
+    a = F.conv2d(a, k.view(n * c, 1, 1, 5), groups=n * c)
+    a = F.conv2d(a, k.view(n * c, 1, 5, 1), groups=n * c).view(n, c, h, w)
+    a = torch.where(v(flip), a.flip(3), a)
+    return (a + 0.005 * torch.randn(a.shape, generator=gen).to(dev)).clamp(0, 1)
+
+
+def configure_all(m):
+    """CoTTA's configure_model: train mode, BN on batch statistics, every parameter trained."""
+    configure_batch_stats(m)
+    m.requires_grad_(True)
+    return m
+
+
+class Cotta:
+    """Official CoTTA (Wang et al. 2022) step: student, EMA teacher and frozen anchor, all on
+    batch statistics; augmentation-averaged teacher target when the anchor is unsure (computed
+    only then, as Attune does); soft cross-entropy; Adam on every weight; EMA; stochastic
+    restore. Returns the teacher target."""
+
+    def __init__(self, m, classes, clean, batch, cfg):
+        import copy
+        self.m = configure_all(m)
+        self.teacher = copy.deepcopy(self.m).requires_grad_(False)
+        self.anchor = copy.deepcopy(self.m).requires_grad_(False)
+        self.source = {k: v.detach().clone() for k, v in self.m.named_parameters()}
+        self.mt, self.rst, self.ap = cfg["mt"], cfg["rst"], cfg["ap"]
+        self.n_aug, self.hflip = cfg["n_augmentations"], cfg["hflip"]
+        self.gen = torch.Generator().manual_seed(0)
+        self.opt = torch.optim.Adam(self.m.parameters(), lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0)
+
+    def __call__(self, x):
+        out = self.m(x)
+        with torch.no_grad():
+            conf = self.anchor(x).softmax(1).max(1)[0].mean(0)
+            if conf >= self.ap:
+                target = self.teacher(x)
+            else:
+                target = sum(self.teacher(tta_transform(x, self.hflip, self.gen)) for _ in range(self.n_aug)) / self.n_aug
+        loss = (-(target.softmax(1) * out.log_softmax(1)).sum(1)).mean(0)
+        loss.backward()
+        self.opt.step()
+        self.opt.zero_grad()
+        with torch.no_grad():
+            for t, s in zip(self.teacher.parameters(), self.m.parameters()):
+                t.mul_(self.mt).add_(s, alpha=1 - self.mt)
+            if self.rst > 0:
+                for k, p in self.m.named_parameters():
+                    mask = (torch.rand(p.shape, generator=self.gen) < self.rst).to(p.device)
+                    p.copy_(torch.where(mask, self.source[k], p))
+        return target
+
+    @torch.no_grad()
+    def predict(self, x):
+        return self.teacher(x)
+
+
+METHODS = {"source": Source, "norm_test": NormTest, "tent": Tent, "eata": Eata, "cotta": Cotta}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,7 +433,7 @@ class Bench:
     def method(self, req):
         ent = self.models[req["model"]]
         m = build(ent["spec"], self.device)
-        return METHODS[req["method"]](m, ent["spec"]["classes"], ent["clean"], req["batch"], req.get("eata") or {})
+        return METHODS[req["method"]](m, ent["spec"]["classes"], ent["clean"], req["batch"], req.get("spec") or {})
 
     @staticmethod
     def batches(stream, batch):

@@ -5,6 +5,9 @@
 //! An adaptation step (TENT, EATA) needs the forward pass plus the gradient with respect to the
 //! input of every layer but the first (the frozen weights need no gradient of their own; the BN
 //! affine gradients are reductions): `step = 2·forward − first convolution`.
+//!
+//! A CoTTA step trains every weight (student: forward, input gradients, weight gradients) and runs
+//! the frozen anchor once and the teacher once per view: `3·forward − first + (1 + views)·forward`.
 
 use attune_engine::models::Architecture;
 
@@ -19,6 +22,12 @@ fn conv(cin: usize, cout: usize, k: usize, side_out: usize) -> f64 {
 }
 
 impl Flops {
+    /// A CoTTA step with `views` teacher passes (the batch itself, or the augmented views).
+    pub fn cotta(&self, views: f64) -> f64 {
+        let first = 2.0 * self.forward - self.step;
+        3.0 * self.forward - first + (1.0 + views) * self.forward
+    }
+
     pub fn of(arch: &Architecture, in_ch: usize, side: usize, classes: usize) -> Self {
         let (forward, first) = match arch {
             Architecture::Cnn {
@@ -77,6 +86,9 @@ mod tests {
         let macs = 28 * 28 * 32 * 9 + 14 * 14 * 64 * 32 * 9 + 7 * 7 * 128 * 64 * 9 + 6272 * 10;
         assert_eq!(f.forward, 2.0 * macs as f64);
         assert_eq!(f.step, 2.0 * f.forward - 2.0 * (28 * 28 * 32 * 9) as f64);
+        // CoTTA with 32 views: student 3·F − first, anchor F, teacher 32·F.
+        let first = 2.0 * (28 * 28 * 32 * 9) as f64;
+        assert_eq!(f.cotta(32.0), 36.0 * f.forward - first);
     }
 
     #[test]

@@ -22,6 +22,7 @@ use attune_engine::data::{self, Dataset, ImageSet, Split};
 use attune_engine::jobs::{self, stream, CancelToken, Quiet};
 use attune_engine::methods::{self, Method, MethodEnv, MethodSpec};
 use attune_engine::models::{Architecture, Model};
+use attune_engine::nn::BnMode;
 use candle_core::{Device, Tensor};
 use clap::{Args, Parser, Subcommand};
 use rand::seq::SliceRandom;
@@ -32,7 +33,7 @@ use std::time::Instant;
 #[derive(Parser)]
 #[command(
     name = "attune-bench",
-    about = "Attune vs PyTorch: images/s of source / norm_test / TENT / EATA, with parity checks; batched sampling vs llama.cpp"
+    about = "Attune vs PyTorch: images/s of source / norm_test / TENT / EATA / CoTTA, with parity checks; batched sampling vs llama.cpp"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -83,11 +84,12 @@ struct RunArgs {
     /// Models to run: cnn, resnet20.
     #[arg(long, value_delimiter = ',', default_value = "cnn,resnet20")]
     models: Vec<String>,
-    /// Methods to run: source, norm_test, tent, eata.
+    /// Methods to run: source, norm_test, tent, eata, cotta (CoTTA's parity check runs with its
+    /// random parts off: `ap` = 0, `rst` = 0).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "source,norm_test,tent,eata"
+        default_value = "source,norm_test,tent,eata,cotta"
     )]
     methods: Vec<String>,
     #[arg(long, value_delimiter = ',', default_value = "1,64,200")]
@@ -303,13 +305,54 @@ fn prepare(
     })
 }
 
+const BENCHED: [&str; 5] = ["source", "norm_test", "tent", "eata", "cotta"];
+
 fn method_spec(name: &str) -> Result<MethodSpec> {
-    if !["source", "norm_test", "tent", "eata"].contains(&name) {
-        bail!("method `{name}` is not benchmarked; valid: source, norm_test, tent, eata");
+    if !BENCHED.contains(&name) {
+        bail!(
+            "method `{name}` is not benchmarked; valid: {}",
+            BENCHED.join(", ")
+        );
     }
     Ok(MethodSpec::from_value(serde_json::Value::String(
         name.into(),
     ))?)
+}
+
+/// The spec of the parity check: the timed spec, except that CoTTA's random parts are off
+/// (`ap` = 0: the teacher's own logits are the target, no augmented views; `rst` = 0: no
+/// stochastic restore), because both sides cannot draw the same random views and masks. The
+/// random parts are checked against PyTorch with given views and masks in the engine's
+/// reference tests (engine/src/methods/reference_tests.rs).
+fn parity_spec(name: &str, spec: &MethodSpec) -> Result<MethodSpec> {
+    if name != "cotta" {
+        return Ok(spec.clone());
+    }
+    let mut v = serde_json::to_value(spec)?;
+    v["ap"] = 0.0.into();
+    v["rst"] = 0.0.into();
+    Ok(MethodSpec::from_value(v)?)
+}
+
+/// CoTTA's teacher passes per batch on this stream: `n_augmentations` when the frozen anchor
+/// (the source model on batch statistics) is unsure (mean max-probability below `ap`), else 1.
+/// Both sides take the same decision from the same anchor, so this is computed once, here, and
+/// enters the FLOP count.
+fn cotta_views(p: &Prepared, m: &BenchModel, spec: &MethodSpec, batch: usize) -> Result<f64> {
+    let v = serde_json::to_value(spec)?;
+    let (ap, n) = (
+        v["ap"].as_f64().unwrap_or(0.92),
+        v["n_augmentations"].as_f64().unwrap_or(32.0),
+    );
+    let anchor = m.load(&p.device)?;
+    let xs = batches(&p.stream, batch, &p.device)?;
+    let mut views = 0.0;
+    for x in &xs {
+        let probs = attune_engine::losses::softmax(&anchor.forward(x, BnMode::Batch)?)?;
+        let conf = probs.max(1)?.mean_all()?.to_scalar::<f32>()? as f64;
+        views += if conf < ap { n } else { 1.0 };
+    }
+    Ok(views / xs.len().max(1) as f64)
 }
 
 /// Consecutive batches of the stream (the tail that does not fill a batch is dropped), as
@@ -457,6 +500,8 @@ struct Row {
     /// Fraction of Attune's timed batches that took an optimizer step (1 for TENT, 0 for the
     /// frozen-weight methods; EATA skips batches whose filters keep no sample).
     attune_step_fraction: f64,
+    /// CoTTA: mean teacher passes per batch (augmented views when the anchor is unsure).
+    teacher_views: Option<f64>,
     load_before: String,
 }
 
@@ -584,18 +629,27 @@ fn run(a: RunArgs) -> Result<()> {
     for m in &p.models {
         for (name, spec) in &specs {
             let step = name != "source" && name != "norm_test";
-            let fl = if step { m.flops.step } else { m.flops.forward };
             for &batch in &a.batches {
                 let load_before = load_avg();
                 let per = (a.images_per_repeat / batch).clamp(1, 50);
                 let applicable = batch >= 2 || name == "source";
+                let views = if name == "cotta" && applicable {
+                    Some(cotta_views(&p, m, spec, batch)?)
+                } else {
+                    None
+                };
+                let fl = match views {
+                    Some(v) => m.flops.cotta(v),
+                    None if step => m.flops.step,
+                    None => m.flops.forward,
+                };
                 let (mut at, mut tt, mut steps) = (vec![], vec![], 0.0);
                 if applicable {
                     if let Some(t) = &mut torch {
                         let ans = t.call(serde_json::json!({
                             "cmd": "bench", "model": m.name, "method": name, "batch": batch,
                             "batches_per_repeat": per, "repeats": a.repeats, "warmup": 1,
-                            "eata": spec,
+                            "spec": spec,
                         }))?;
                         tt = serde_json::from_value(ans["ips"].clone())?;
                     }
@@ -611,6 +665,7 @@ fn run(a: RunArgs) -> Result<()> {
                     torch_all: tt,
                     flops_per_image: fl,
                     attune_step_fraction: steps,
+                    teacher_views: views,
                     load_before,
                 };
                 println!("{}", fmt_row(&row, peak));
@@ -627,10 +682,11 @@ fn run(a: RunArgs) -> Result<()> {
         );
         for m in &p.models {
             for (name, spec) in &specs {
+                let spec = &parity_spec(name, spec)?;
                 let file = c.out.join(format!("torch-logits-{}-{name}.f32", m.name));
                 t.call(serde_json::json!({
                     "cmd": "parity", "model": m.name, "method": name, "batch": a.parity_batch,
-                    "batches": a.parity_batches, "out": file, "eata": spec,
+                    "batches": a.parity_batches, "out": file, "spec": spec,
                 }))?;
                 let theirs: Vec<f32> = std::fs::read(&file)?
                     .chunks_exact(4)
@@ -742,7 +798,10 @@ fn fmt_row(r: &Row, peak: f64) -> String {
 fn steps_label(r: &Row) -> String {
     match (r.method.as_str(), r.attune_ips) {
         ("source" | "norm_test", _) | (_, None) => "-".into(),
-        _ => format!("{:.0}%", 100.0 * r.attune_step_fraction),
+        _ => match r.teacher_views {
+            Some(v) => format!("{:.0}% ({v:.0}v)", 100.0 * r.attune_step_fraction),
+            None => format!("{:.0}%", 100.0 * r.attune_step_fraction),
+        },
     }
 }
 
