@@ -6,7 +6,7 @@
 //! Gradients are computed only for arguments that the graph tracks, so a frozen weight (a
 //! detached tensor) costs nothing in the backward pass.
 
-use super::{f32_slice, with_f32};
+use super::{direct, f32_slice, with_f32};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -202,45 +202,123 @@ pub(super) fn inner_parallelism(batch: usize) -> Parallelism {
     }
 }
 
-fn forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
-    let mut y = vec![0f32; g.b * g.out_len()];
-    let (ck, hw) = (g.ck(), g.hw_out());
-    let par = inner_parallelism(g.b);
-    y.par_chunks_mut(g.out_len())
-        .zip(x.par_chunks(g.in_len()))
-        .for_each_init(
-            || vec![0f32; if g.pointwise() { 0 } else { ck * hw }],
-            |cols, (yb, xb)| {
-                let cols: &[f32] = if g.pointwise() {
-                    xb
+/// How the per-image forward pass, or input gradient, of one convolution is computed: the
+/// direct kernel of [`super::direct`] where it applies, im2col + GEMM (+ col2im) elsewhere.
+pub(super) enum Plan<'a> {
+    Im2col {
+        g: &'a Geometry,
+        w: &'a [f32],
+        input_grad: bool,
+    },
+    Direct {
+        packed: direct::Packed,
+        parallel: bool,
+    },
+}
+
+/// Per-worker buffers of a [`Plan`].
+pub(super) enum Scratch {
+    Cols(Vec<f32>),
+    Direct(direct::Scratch),
+}
+
+impl<'a> Plan<'a> {
+    fn new(g: &'a Geometry, w: &'a [f32], input_grad: bool) -> Self {
+        if direct::usable(g) {
+            let packed = if input_grad {
+                direct::Packed::backward(g, w)
+            } else {
+                direct::Packed::forward(g, w)
+            };
+            return Plan::Direct {
+                packed,
+                parallel: g.b < rayon::current_num_threads(),
+            };
+        }
+        Plan::Im2col { g, w, input_grad }
+    }
+
+    /// `y_b (O × HoWo) = conv(x_b)`.
+    pub(super) fn forward(g: &'a Geometry, w: &'a [f32]) -> Self {
+        Self::new(g, w, false)
+    }
+
+    /// `dx_b (C × H × W) = conv(x_b)ᵀ · dy_b`.
+    pub(super) fn input_grad(g: &'a Geometry, w: &'a [f32]) -> Self {
+        Self::new(g, w, true)
+    }
+
+    pub(super) fn scratch(&self) -> Scratch {
+        match self {
+            Plan::Im2col { g, .. } => {
+                Scratch::Cols(vec![0f32; if g.pointwise() { 0 } else { g.ck() * g.hw_out() }])
+            }
+            Plan::Direct { packed, .. } => Scratch::Direct(packed.scratch()),
+        }
+    }
+
+    /// One image: `src` is x_b (forward) or dy_b (input gradient); `dst` is y_b or dx_b, which
+    /// must be zero for the input gradient.
+    pub(super) fn run(&self, src: &[f32], scratch: &mut Scratch, dst: &mut [f32]) {
+        match (self, scratch) {
+            (Plan::Direct { packed, parallel }, Scratch::Direct(s)) => {
+                packed.run(src, s, dst, *parallel)
+            }
+            (
+                Plan::Im2col {
+                    g,
+                    w,
+                    input_grad: false,
+                },
+                Scratch::Cols(cols),
+            ) => {
+                let (ck, hw) = (g.ck(), g.hw_out());
+                let c: &[f32] = if g.pointwise() {
+                    src
                 } else {
-                    im2col(g, xb, cols);
+                    im2col(g, src, cols);
                     cols
                 };
-                matmul(g.o, hw, ck, yb, false, w, ck, 1, cols, hw, 1, par);
-            },
-        );
+                matmul(g.o, hw, ck, dst, false, w, ck, 1, c, hw, 1, inner_parallelism(g.b));
+            }
+            (
+                Plan::Im2col {
+                    g,
+                    w,
+                    input_grad: true,
+                },
+                Scratch::Cols(cols),
+            ) => {
+                let (ck, hw) = (g.ck(), g.hw_out());
+                let par = inner_parallelism(g.b);
+                // Wᵀ (CK × O): element (ck, o) lives at w[o·CK + ck].
+                if g.pointwise() {
+                    matmul(ck, hw, g.o, dst, false, w, 1, ck, src, hw, 1, par);
+                } else {
+                    matmul(ck, hw, g.o, cols, false, w, 1, ck, src, hw, 1, par);
+                    col2im(g, cols, dst);
+                }
+            }
+            _ => unreachable!("a plan's scratch comes from the same plan"),
+        }
+    }
+}
+
+fn forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
+    let mut y = vec![0f32; g.b * g.out_len()];
+    let plan = Plan::forward(g, w);
+    y.par_chunks_mut(g.out_len())
+        .zip(x.par_chunks(g.in_len()))
+        .for_each_init(|| plan.scratch(), |s, (yb, xb)| plan.run(xb, s, yb));
     y
 }
 
 fn backward_input(g: &Geometry, w: &[f32], dy: &[f32]) -> Vec<f32> {
     let mut dx = vec![0f32; g.b * g.in_len()];
-    let (ck, hw) = (g.ck(), g.hw_out());
-    let par = inner_parallelism(g.b);
+    let plan = Plan::input_grad(g, w);
     dx.par_chunks_mut(g.in_len())
         .zip(dy.par_chunks(g.out_len()))
-        .for_each_init(
-            || vec![0f32; if g.pointwise() { 0 } else { ck * hw }],
-            |cols, (dxb, dyb)| {
-                // Wᵀ (CK × O): element (ck, o) lives at w[o·CK + ck].
-                if g.pointwise() {
-                    matmul(ck, hw, g.o, dxb, false, w, 1, ck, dyb, hw, 1, par);
-                } else {
-                    matmul(ck, hw, g.o, cols, false, w, 1, ck, dyb, hw, 1, par);
-                    col2im(g, cols, dxb);
-                }
-            },
-        );
+        .for_each_init(|| plan.scratch(), |s, (dxb, dyb)| plan.run(dyb, s, dxb));
     dx
 }
 

@@ -6,11 +6,13 @@
 //! a zero-filled accumulator plus an addition for every gradient handed from one op to the next.
 //! The fused op does, per layer:
 //!
-//! - forward: per image, im2col + GEMM, and while that image's output is in cache its
+//! - forward: per image, the convolution (im2col + GEMM, or the direct kernel of
+//!   [`super::direct`]), and while that image's output is in cache its
 //!   per-channel sums (batch mode); then one pass `y = max(0, z·scale + shift)`. With fixed
 //!   statistics (eval) the affine + ReLU epilogue runs right after each image's GEMM.
 //! - backward: one pass for the per-channel sums Σg and Σg·(z − m) (g = dy masked by y > 0), then
-//!   per image the BatchNorm input gradient dz, `Wᵀ·dz` and col2im while dz is in cache; the
+//!   per image the BatchNorm input gradient dz and, while dz is in cache, its input gradient
+//!   (`Wᵀ·dz` and col2im, or the direct kernel on the flipped weights); the
 //!   weight gradient only when the weight is tracked, the input gradient only when the input is.
 //!   A layer whose input and weight are both frozen (the first layer under TENT) stops after the
 //!   sums: γ and β get their gradients and nothing else is computed.
@@ -20,8 +22,8 @@
 //! γ and β enter as one (2, C) tensor (`Tensor::stack`), so the op has three inputs.
 
 use super::batchnorm::{BnNormalizer, BnStats};
-use super::conv::{col2im, im2col, inner_parallelism, matmul, Geometry, WEIGHT_GRAD_CHUNK};
-use super::{f32_slice, with_f32};
+use super::conv::{im2col, inner_parallelism, matmul, Geometry, Plan, WEIGHT_GRAD_CHUNK};
+use super::{f32_slice, wide, with_f32};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -55,31 +57,6 @@ struct ConvBnOp {
     saved: Arc<Mutex<Option<Saved>>>,
 }
 
-/// `y (O × HW) = W · im2col(x)` for one image.
-fn conv_image(g: &Geometry, xb: &[f32], w: &[f32], cols: &mut [f32], yb: &mut [f32]) {
-    let (ck, hw) = (g.ck(), g.hw_out());
-    let c: &[f32] = if g.pointwise() {
-        xb
-    } else {
-        im2col(g, xb, cols);
-        cols
-    };
-    matmul(
-        g.o,
-        hw,
-        ck,
-        yb,
-        false,
-        w,
-        ck,
-        1,
-        c,
-        hw,
-        1,
-        inner_parallelism(g.b),
-    );
-}
-
 fn scale_shift(nm: &BnNormalizer, gamma: &[f32], beta: &[f32]) -> (Vec<f32>, Vec<f32>) {
     let scale: Vec<f32> = gamma.iter().zip(&nm.inv_std).map(|(g, r)| g * r).collect();
     let shift = beta
@@ -101,6 +78,7 @@ fn relu_f(v: f32) -> f32 {
     }
 }
 
+#[inline(always)]
 fn epilogue(dst: &mut [f32], src: &[f32], scale: f32, shift: f32, relu: bool) {
     if relu {
         for (d, s) in dst.iter_mut().zip(src) {
@@ -115,6 +93,7 @@ fn epilogue(dst: &mut [f32], src: &[f32], scale: f32, shift: f32, relu: bool) {
 
 /// Σ and Σ² of a slice, in f32 over 8 lanes (vectorized), returned in f64. The planes summed
 /// here hold at most a few thousand values; planes are then added in f64.
+#[inline(always)]
 fn sum_sq(v: &[f32]) -> (f64, f64) {
     let (mut s, mut q) = ([0f32; 8], [0f32; 8]);
     let chunks = v.chunks_exact(8);
@@ -137,18 +116,20 @@ fn sum_sq(v: &[f32]) -> (f64, f64) {
 }
 
 /// Σg and Σg·(z − m) over a plane, g = dy masked by y > 0 (when `relu`); 8 f32 lanes.
+#[inline(always)]
 fn grad_sums(dy: &[f32], y: &[f32], z: &[f32], m: f32, relu: bool) -> (f64, f64) {
     let (mut s, mut t) = ([0f32; 8], [0f32; 8]);
     let n = dy.len() / 8 * 8;
-    for i in (0..n).step_by(8) {
+    let (y, z) = (&y[..dy.len()], &z[..dy.len()]);
+    for ((d, yv), zv) in dy
+        .chunks_exact(8)
+        .zip(y.chunks_exact(8))
+        .zip(z.chunks_exact(8))
+    {
         for l in 0..8 {
-            let gv = if !relu || y[i + l] > 0.0 {
-                dy[i + l]
-            } else {
-                0.0
-            };
+            let gv = if !relu || yv[l] > 0.0 { d[l] } else { 0.0 };
             s[l] += gv;
-            t[l] += gv * (z[i + l] - m);
+            t[l] += gv * (zv[l] - m);
         }
     }
     let (mut s, mut t) = (
@@ -167,6 +148,7 @@ fn grad_sums(dy: &[f32], y: &[f32], z: &[f32], m: f32, relu: bool) -> (f64, f64)
 /// stride k (floor mode): `yp` gets the pooled plane, `arg` (if given) the first maximum of each
 /// window, or NO_GRAD where that maximum is a ReLU zero.
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 fn pool_plane(
     zp: &[f32],
     (ho, wo, k): (usize, usize, usize),
@@ -176,6 +158,9 @@ fn pool_plane(
     yp: &mut [f32],
     mut arg: Option<&mut [u8]>,
 ) {
+    if k == 2 {
+        return pool2_plane(zp, (ho, wo), scale, shift, relu, yp, arg);
+    }
     let (hp, wp) = (ho / k, wo / k);
     for oh in 0..hp {
         for ow in 0..wp {
@@ -200,6 +185,49 @@ fn pool_plane(
                 } else {
                     NO_GRAD
                 };
+            }
+        }
+    }
+}
+
+/// [`pool_plane`] for the 2×2 window (the only one the models use): the same result, row slices
+/// taken once so that the loop has no bounds checks.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn pool2_plane(
+    zp: &[f32],
+    (ho, wo): (usize, usize),
+    scale: f32,
+    shift: f32,
+    relu: bool,
+    yp: &mut [f32],
+    mut arg: Option<&mut [u8]>,
+) {
+    let (hp, wp) = (ho / 2, wo / 2);
+    for oh in 0..hp {
+        let r0 = &zp[2 * oh * wo..][..2 * wp];
+        let r1 = &zp[(2 * oh + 1) * wo..][..2 * wp];
+        let yr = &mut yp[oh * wp..][..wp];
+        let mut ar = arg.as_deref_mut().map(|a| &mut a[oh * wp..][..wp]);
+        for ow in 0..wp {
+            let v = [
+                r0[2 * ow] * scale + shift,
+                r0[2 * ow + 1] * scale + shift,
+                r1[2 * ow] * scale + shift,
+                r1[2 * ow + 1] * scale + shift,
+            ];
+            let (mut best, mut bi) = (v[0], 0u8);
+            for (i, &x) in v.iter().enumerate().skip(1) {
+                // `>` keeps the first maximum; NaN wins like PyTorch.
+                if x > best || (x.is_nan() && !best.is_nan()) {
+                    best = x;
+                    bi = i as u8;
+                }
+            }
+            let out = if relu { relu_f(best) } else { best };
+            yr[ow] = out;
+            if let Some(a) = ar.as_deref_mut() {
+                a[ow] = if !relu || out > 0.0 { bi } else { NO_GRAD };
             }
         }
     }
@@ -250,7 +278,7 @@ impl CustomOp3 for ConvBnOp {
             candle_core::bail!("conv_bn: {o} channels but γ/β of {} values", gb.len());
         }
         let (gamma, beta) = gb.split_at(o);
-        let cols_len = if g.pointwise() { 0 } else { g.ck() * hw };
+        let plan = Plan::forward(&g, w);
         let (plen, hp, wp) = self.pooled(&g);
         let pooling = self.pool > 1;
         let dims = (g.ho, g.wo, self.pool);
@@ -264,26 +292,30 @@ impl CustomOp3 for ConvBnOp {
             y.par_chunks_mut(o * plen)
                 .zip(x.par_chunks(g.in_len()))
                 .for_each_init(
-                    || (vec![0f32; cols_len], vec![0f32; zlen]),
-                    |(cols, zb), (yb, xb)| {
+                    || (plan.scratch(), vec![0f32; zlen]),
+                    |(scratch, zb), (yb, xb)| {
                         if pooling {
-                            conv_image(&g, xb, w, cols, zb);
-                            for c in 0..o {
-                                let zp = &zb[c * hw..(c + 1) * hw];
-                                let yp = &mut yb[c * plen..(c + 1) * plen];
-                                pool_plane(zp, dims, scale[c], shift[c], self.relu, yp, None);
-                            }
+                            plan.run(xb, scratch, zb);
+                            wide(|| {
+                                for c in 0..o {
+                                    let zp = &zb[c * hw..(c + 1) * hw];
+                                    let yp = &mut yb[c * plen..(c + 1) * plen];
+                                    pool_plane(zp, dims, scale[c], shift[c], self.relu, yp, None);
+                                }
+                            });
                         } else {
-                            conv_image(&g, xb, w, cols, yb);
-                            for c in 0..o {
-                                let p = &mut yb[c * hw..(c + 1) * hw];
-                                for v in p.iter_mut() {
-                                    *v = *v * scale[c] + shift[c];
-                                    if self.relu {
-                                        *v = relu_f(*v);
+                            plan.run(xb, scratch, yb);
+                            wide(|| {
+                                for c in 0..o {
+                                    let p = &mut yb[c * hw..(c + 1) * hw];
+                                    for v in p.iter_mut() {
+                                        *v = *v * scale[c] + shift[c];
+                                        if self.relu {
+                                            *v = relu_f(*v);
+                                        }
                                     }
                                 }
-                            }
+                            });
                         }
                     },
                 );
@@ -303,13 +335,15 @@ impl CustomOp3 for ConvBnOp {
             .zip(x.par_chunks(g.in_len()))
             .zip(partial.par_chunks_mut(o))
             .for_each_init(
-                || vec![0f32; cols_len],
-                |cols, ((zb, xb), pb)| {
-                    conv_image(&g, xb, w, cols, zb);
+                || plan.scratch(),
+                |scratch, ((zb, xb), pb)| {
+                    plan.run(xb, scratch, zb);
                     if use_batch {
-                        for (c, p) in pb.iter_mut().enumerate() {
-                            *p = sum_sq(&zb[c * hw..(c + 1) * hw]);
-                        }
+                        wide(|| {
+                            for (c, p) in pb.iter_mut().enumerate() {
+                                *p = sum_sq(&zb[c * hw..(c + 1) * hw]);
+                            }
+                        });
                     }
                 },
             );
@@ -355,7 +389,7 @@ impl CustomOp3 for ConvBnOp {
                 .for_each(|(i, ((yp, zp), ap))| {
                     let c = i % o;
                     let a = if keep { Some(&mut **ap) } else { None };
-                    pool_plane(zp, dims, scale[c], shift[c], self.relu, yp, a);
+                    wide(|| pool_plane(zp, dims, scale[c], shift[c], self.relu, yp, a));
                 });
         } else {
             y.par_chunks_mut(hw)
@@ -363,7 +397,7 @@ impl CustomOp3 for ConvBnOp {
                 .enumerate()
                 .for_each(|(i, (yp, zp))| {
                     let c = i % o;
-                    epilogue(yp, zp, scale[c], shift[c], self.relu)
+                    wide(|| epilogue(yp, zp, scale[c], shift[c], self.relu))
                 });
         }
         *self.saved.lock().expect("conv_bn lock") = Some(Saved {
@@ -406,7 +440,7 @@ impl CustomOp3 for ConvBnOp {
             with_f32(dy, |dyv| {
                 // Pass 1: per image and channel Σg and Σg·(z − m), g = dy where y > 0.
                 let mut partial = vec![(0f64, 0f64); g.b * o];
-                partial.par_chunks_mut(o).enumerate().for_each(|(b, pb)| {
+                partial.par_chunks_mut(o).enumerate().for_each(|(b, pb)| wide(|| {
                     for (c, p) in pb.iter_mut().enumerate() {
                         let plane = b * o + c;
                         let zp = &z[plane * hw..(plane + 1) * hw];
@@ -427,7 +461,7 @@ impl CustomOp3 for ConvBnOp {
                             grad_sums(&dyv[r.clone()], &yv[r], zp, mc, relu)
                         };
                     }
-                });
+                }));
                 let (mut sdy, mut sdyx) = (vec![0f64; o], vec![0f64; o]);
                 for b in 0..g.b {
                     for c in 0..o {
@@ -453,7 +487,7 @@ impl CustomOp3 for ConvBnOp {
                         )
                     })
                     .collect();
-                let dz_image = |b: usize, dzb: &mut [f32]| {
+                let dz_image = |b: usize, dzb: &mut [f32]| wide(|| {
                     for (c, &(kc, c1, c2, mb)) in coef.iter().enumerate() {
                         let plane = b * o + c;
                         let zp = &z[plane * hw..(plane + 1) * hw];
@@ -479,27 +513,20 @@ impl CustomOp3 for ConvBnOp {
                             }
                         }
                     }
-                };
+                });
                 let par = inner_parallelism(g.b);
                 let cols_len = if g.pointwise() { 0 } else { ck * hw };
                 with_f32(w, |wv| {
                     with_f32(x, |xv| {
                         let mut dx = vec![0f32; if x_tr { g.b * g.in_len() } else { 0 }];
-                        let in_grad = |dzb: &[f32], cols: &mut [f32], dxb: &mut [f32]| {
-                            if g.pointwise() {
-                                matmul(ck, hw, o, dxb, false, wv, 1, ck, dzb, hw, 1, par);
-                            } else {
-                                matmul(ck, hw, o, cols, false, wv, 1, ck, dzb, hw, 1, par);
-                                col2im(&g, cols, dxb);
-                            }
-                        };
+                        let plan = Plan::input_grad(&g, wv);
                         if !w_tr {
                             // Input gradient only: every image on its own.
                             dx.par_chunks_mut(g.in_len()).enumerate().for_each_init(
-                                || (vec![0f32; g.out_len()], vec![0f32; cols_len]),
-                                |(dzb, cols), (b, dxb)| {
+                                || (vec![0f32; g.out_len()], plan.scratch()),
+                                |(dzb, scratch), (b, dxb)| {
                                     dz_image(b, dzb);
-                                    in_grad(dzb, cols, dxb);
+                                    plan.run(dzb, scratch, dxb);
                                 },
                             );
                             return Ok((Some(dx), None, dgb));
@@ -519,16 +546,13 @@ impl CustomOp3 for ConvBnOp {
                                 let mut dw = vec![0f32; o * ck];
                                 let mut dzb = vec![0f32; g.out_len()];
                                 let mut cols = vec![0f32; cols_len];
+                                let mut scratch = x_tr.then(|| plan.scratch());
                                 let first = ci * WEIGHT_GRAD_CHUNK;
                                 for b in first..(first + WEIGHT_GRAD_CHUNK).min(g.b) {
                                     dz_image(b, &mut dzb);
-                                    if x_tr {
+                                    if let Some(s) = scratch.as_mut() {
                                         let k = b - first;
-                                        in_grad(
-                                            &dzb,
-                                            &mut cols,
-                                            &mut dxc[k * in_len..(k + 1) * in_len],
-                                        );
+                                        plan.run(&dzb, s, &mut dxc[k * in_len..(k + 1) * in_len]);
                                     }
                                     let xb = &xv[b * in_len..(b + 1) * in_len];
                                     let c: &[f32] = if g.pointwise() {
@@ -672,9 +696,11 @@ impl CustomOp2 for AddRelu {
         y.par_chunks_mut(1 << 14)
             .zip(a.par_chunks(1 << 14).zip(b.par_chunks(1 << 14)))
             .for_each(|(d, (a, b))| {
-                for ((d, a), b) in d.iter_mut().zip(a).zip(b) {
-                    *d = relu_f(a + b);
-                }
+                wide(|| {
+                    for ((d, a), b) in d.iter_mut().zip(a).zip(b) {
+                        *d = relu_f(a + b);
+                    }
+                })
             });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -692,9 +718,11 @@ impl CustomOp2 for AddRelu {
                 g.par_chunks_mut(1 << 14)
                     .zip(y.par_chunks(1 << 14).zip(d.par_chunks(1 << 14)))
                     .for_each(|(g, (y, d))| {
-                        for ((g, y), d) in g.iter_mut().zip(y).zip(d) {
-                            *g = if *y > 0.0 { *d } else { 0.0 };
-                        }
+                        wide(|| {
+                            for ((g, y), d) in g.iter_mut().zip(y).zip(d) {
+                                *g = if *y > 0.0 { *d } else { 0.0 };
+                            }
+                        })
                     });
                 Ok(g)
             })

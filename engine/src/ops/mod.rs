@@ -4,7 +4,9 @@
 //! convolution with an image-sized kernel, about 10× slower than its forward pass, and its
 //! BatchNorm is a chain of a dozen broadcast ops. The ops here are `CustomOp`s whose forward and
 //! backward are im2col + GEMM (the `gemm` crate that candle itself uses) and a single-pass
-//! BatchNorm, so training and adaptation on CPU spend their time in matrix multiplies. On other
+//! BatchNorm, so training and adaptation on CPU spend their time in matrix multiplies. On CPUs
+//! with AVX-512, 3×3 stride-1 convolutions of planes at least 12 wide skip im2col and col2im
+//! altogether (`direct`: a register-blocked direct convolution, forward and input gradient). On other
 //! devices the same functions fall back to candle's own ops, so a CUDA build keeps working.
 //!
 //! Each op is checked against candle's composed reference (forward values and gradients) in its
@@ -12,6 +14,7 @@
 
 pub mod batchnorm;
 pub mod conv;
+mod direct;
 pub mod fused;
 pub mod pool;
 
@@ -21,6 +24,16 @@ pub use fused::{add_relu, conv_bn, ConvBnCfg};
 pub use pool::max_pool2d;
 
 use candle_core::{CpuStorage, Layout, Result, Storage, Tensor};
+
+/// Run `f` compiled for the widest vector instructions this CPU has (AVX-512, or AVX2 + FMA;
+/// detected at run time, the baseline otherwise): the element-wise loops of the kernels below are
+/// vectorized at that width when they are `#[inline(always)]` into `f`. The arithmetic is the
+/// same on every path (Rust never contracts a·b + c into an FMA), so results do not depend on
+/// which one runs.
+#[inline(always)]
+pub(crate) fn wide<R>(f: impl FnOnce() -> R) -> R {
+    pulp::Arch::new().dispatch(f)
+}
 
 /// Borrow a contiguous f32 CPU storage slice.
 pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {

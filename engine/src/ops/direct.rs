@@ -1,0 +1,292 @@
+//! Direct 3×3 convolution, stride 1, padding 1, on AVX-512: no im2col matrix, no packing.
+//!
+//! The input plane of each channel is copied once into a zero-bordered plane of width
+//! `wp = W + 2`. On that padded grid, output position `q = oh·wp + ow` of tap `(ki, kj)` reads
+//! input position `q + ki·wp + kj`, so the whole convolution is, per input channel and tap, one
+//! shifted multiply-add over a flat contiguous array: `out[o][q] += w[o][c][t] · xpad[c][q + off_t]`.
+//! The two right-hand columns of every output row (`ow ≥ W`) are junk and dropped when the result
+//! is copied out. The kernel keeps an 8-channel × 48-position block of outputs in 24 registers,
+//! and per (channel, tap) loads 3 input vectors and 8 broadcast weights for 24 FMAs.
+//!
+//! The input gradient of such a convolution is the same convolution of the output gradient with
+//! the weights transposed (in ↔ out) and flipped, so [`Packed::backward`] reuses the kernel and
+//! the backward pass needs no col2im either.
+//!
+//! Used for planes at least [`MIN_WIDTH`] wide on CPUs with AVX-512F (checked at run time);
+//! everything else takes the im2col + GEMM path of [`super::conv`], against which this is tested.
+
+use super::conv::Geometry;
+
+/// Output channels per kernel block.
+const OB: usize = 8;
+/// 16-float vectors of consecutive positions per kernel block.
+const PB: usize = 3;
+const QB: usize = 16 * PB;
+/// Narrower planes waste too much of each vector on the junk columns; they stay on im2col + GEMM.
+pub(super) const MIN_WIDTH: usize = 12;
+
+/// True when `g` is a 3×3 / stride 1 / padding 1 convolution that this kernel handles here.
+pub(super) fn usable(g: &Geometry) -> bool {
+    g.kh == 3
+        && g.kw == 3
+        && g.stride == 1
+        && g.pad == 1
+        && g.w >= MIN_WIDTH
+        && g.h >= 1
+        && avx512()
+}
+
+fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Weights in kernel order: per block of [`OB`] output channels, per input channel, per tap, the
+/// block's [`OB`] values (zero for the channels past the last one).
+pub(super) struct Packed {
+    w: Vec<f32>,
+    cin: usize,
+    cout: usize,
+    h: usize,
+    wd: usize,
+}
+
+impl Packed {
+    fn blocks(&self) -> usize {
+        self.cout.div_ceil(OB)
+    }
+
+    fn pack(cin: usize, cout: usize, g: &Geometry, at: impl Fn(usize, usize, usize) -> f32) -> Self {
+        let blocks = cout.div_ceil(OB);
+        let mut w = vec![0f32; blocks * cin * 9 * OB];
+        for b in 0..blocks {
+            for c in 0..cin {
+                for t in 0..9 {
+                    for j in 0..OB {
+                        let o = b * OB + j;
+                        if o < cout {
+                            w[((b * cin + c) * 9 + t) * OB + j] = at(o, c, t);
+                        }
+                    }
+                }
+            }
+        }
+        Self {
+            w,
+            cin,
+            cout,
+            h: g.h,
+            wd: g.w,
+        }
+    }
+
+    /// The forward convolution of `g` with weights `w` (O × C × 3 × 3).
+    pub(super) fn forward(g: &Geometry, w: &[f32]) -> Self {
+        Self::pack(g.c, g.o, g, |o, c, t| w[(o * g.c + c) * 9 + t])
+    }
+
+    /// The input gradient of `g`: channels O → C, weights transposed and flipped.
+    pub(super) fn backward(g: &Geometry, w: &[f32]) -> Self {
+        Self::pack(g.o, g.c, g, |c, o, t| w[(o * g.c + c) * 9 + (8 - t)])
+    }
+
+    fn wp(&self) -> usize {
+        self.wd + 2
+    }
+    fn q(&self) -> usize {
+        self.h * self.wp()
+    }
+    fn qpad(&self) -> usize {
+        self.q().next_multiple_of(QB)
+    }
+    fn plane_in(&self) -> usize {
+        (self.h + 2) * self.wp()
+    }
+
+    /// Buffers for [`Packed::run`], reusable for every image of the same convolution.
+    pub(super) fn scratch(&self) -> Scratch {
+        let slack = self.qpad() - self.q() + 2 + 16;
+        Scratch {
+            xpad: vec![0f32; self.cin * self.plane_in() + slack],
+            out: vec![0f32; self.blocks() * OB * self.qpad()],
+        }
+    }
+
+    /// `y (cout × H × W) = conv(x (cin × H × W))` for one image; `parallel` splits the channel
+    /// blocks over the rayon pool (for batches smaller than the pool).
+    pub(super) fn run(&self, x: &[f32], s: &mut Scratch, y: &mut [f32], parallel: bool) {
+        let (h, w, wp) = (self.h, self.wd, self.wp());
+        let (plane, pin, qpad) = (h * w, self.plane_in(), self.qpad());
+        debug_assert_eq!(x.len(), self.cin * plane);
+        debug_assert_eq!(y.len(), self.cout * plane);
+        // Interior of the padded planes (the border stays zero from the allocation).
+        for c in 0..self.cin {
+            for i in 0..h {
+                let dst = c * pin + (i + 1) * wp + 1;
+                s.xpad[dst..dst + w].copy_from_slice(&x[c * plane + i * w..c * plane + (i + 1) * w]);
+            }
+        }
+        let offs: [usize; 9] = std::array::from_fn(|t| (t / 3) * wp + t % 3);
+        let wlen = self.cin * 9 * OB;
+        let xpad = &s.xpad;
+        let block = |b: usize, out: &mut [f32]| {
+            let wb = &self.w[b * wlen..(b + 1) * wlen];
+            for q0 in (0..qpad).step_by(QB) {
+                // SAFETY: avx512f was detected (`usable`); every read lies inside xpad (its
+                // slack covers the last block's overhang past the last plane) and every write
+                // inside this block's OB rows of `out` (qpad positions each).
+                unsafe { kernel(xpad, pin, self.cin, &offs, wb, out, qpad, q0) };
+            }
+        };
+        if parallel {
+            use rayon::prelude::*;
+            s.out
+                .par_chunks_mut(OB * qpad)
+                .enumerate()
+                .for_each(|(b, out)| block(b, out));
+        } else {
+            for (b, out) in s.out.chunks_mut(OB * qpad).enumerate() {
+                block(b, out);
+            }
+        }
+        for o in 0..self.cout {
+            for i in 0..h {
+                let src = o * qpad + i * wp;
+                y[o * plane + i * w..o * plane + (i + 1) * w].copy_from_slice(&s.out[src..src + w]);
+            }
+        }
+    }
+}
+
+pub(super) struct Scratch {
+    xpad: Vec<f32>,
+    out: Vec<f32>,
+}
+
+/// One block: `out[j][q0 .. q0 + 48] = Σ_c Σ_t w[c][t][j] · xpad[c][q0 + off_t ..]` for the
+/// block's 8 output channels `j` (rows of `out`, `row` apart).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel(
+    xpad: &[f32],
+    plane_in: usize,
+    cin: usize,
+    offs: &[usize; 9],
+    w: &[f32],
+    out: &mut [f32],
+    row: usize,
+    q0: usize,
+) {
+    use std::arch::x86_64::*;
+    debug_assert!(w.len() >= cin * 9 * OB);
+    debug_assert!(out.len() >= (OB - 1) * row + q0 + QB);
+    debug_assert!(xpad.len() >= (cin - 1) * plane_in + q0 + offs[8] + QB);
+    let mut acc = [[_mm512_setzero_ps(); PB]; OB];
+    let xp = xpad.as_ptr();
+    let mut wp = w.as_ptr();
+    for c in 0..cin {
+        let base = xp.add(c * plane_in + q0);
+        for &off in offs {
+            let p = base.add(off);
+            let xv: [__m512; PB] = std::array::from_fn(|k| _mm512_loadu_ps(p.add(16 * k)));
+            for (j, a) in acc.iter_mut().enumerate() {
+                let wv = _mm512_set1_ps(*wp.add(j));
+                for k in 0..PB {
+                    a[k] = _mm512_fmadd_ps(wv, xv[k], a[k]);
+                }
+            }
+            wp = wp.add(OB);
+        }
+    }
+    let op = out.as_mut_ptr();
+    for (j, a) in acc.iter().enumerate() {
+        for (k, v) in a.iter().enumerate() {
+            _mm512_storeu_ps(op.add(j * row + q0 + 16 * k), *v);
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel(_: &[f32], _: usize, _: usize, _: &[usize; 9], _: &[f32], _: &mut [f32], _: usize, _: usize) {
+    unreachable!("direct convolution without AVX-512 (`usable` is false)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::conv::{col2im, im2col, matmul};
+    use gemm::Parallelism;
+
+    fn randv(n: usize, seed: u64) -> Vec<f32> {
+        crate::rng::randn_vec(n, &mut crate::rng::rng(seed, "direct"))
+    }
+
+    fn close(a: &[f32], b: &[f32], what: &str) {
+        assert_eq!(a.len(), b.len());
+        let worst = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs() / (1.0 + y.abs()))
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-5, "{what}: max relative difference {worst}");
+    }
+
+    /// Forward and input gradient against im2col + GEMM (+ col2im), for shapes with channel
+    /// counts that are and are not multiples of the block, square and not.
+    #[test]
+    fn matches_im2col_forward_and_input_gradient() {
+        if !avx512() {
+            eprintln!("no AVX-512 here: the direct kernel is not used, nothing to check");
+            return;
+        }
+        for &(c, o, h, w) in &[(16, 16, 28, 28), (3, 5, 13, 12), (32, 20, 14, 14), (1, 8, 12, 17)] {
+            let g = Geometry::new(&[1, c, h, w], &[o, c, 3, 3], 1, 1).unwrap();
+            assert!(usable(&g));
+            let x = randv(c * h * w, 1);
+            let wt = randv(o * c * 9, 2);
+            let dy = randv(o * h * w, 3);
+            let (ck, hw) = (g.ck(), g.hw_out());
+            let mut cols = vec![0f32; ck * hw];
+            // Reference forward: W (O × CK) · im2col(x).
+            im2col(&g, &x, &mut cols);
+            let mut y_ref = vec![0f32; o * hw];
+            matmul(o, hw, ck, &mut y_ref, false, &wt, ck, 1, &cols, hw, 1, Parallelism::None);
+            // Reference input gradient: col2im(Wᵀ · dy).
+            matmul(ck, hw, o, &mut cols, false, &wt, 1, ck, &dy, hw, 1, Parallelism::None);
+            let mut dx_ref = vec![0f32; c * h * w];
+            col2im(&g, &cols, &mut dx_ref);
+            for parallel in [false, true] {
+                let f = Packed::forward(&g, &wt);
+                let mut s = f.scratch();
+                let mut y = vec![f32::NAN; o * hw];
+                f.run(&x, &mut s, &mut y, parallel);
+                close(&y, &y_ref, &format!("forward {c}→{o} {h}×{w}"));
+                // The scratch is reused for a second image without stale values.
+                f.run(&x, &mut s, &mut y, parallel);
+                close(&y, &y_ref, "forward, reused scratch");
+                let bk = Packed::backward(&g, &wt);
+                let mut s = bk.scratch();
+                let mut dx = vec![f32::NAN; c * h * w];
+                bk.run(&dy, &mut s, &mut dx, parallel);
+                close(&dx, &dx_ref, &format!("input gradient {c}→{o} {h}×{w}"));
+            }
+        }
+    }
+
+    #[test]
+    fn narrow_strided_and_other_kernels_are_not_taken() {
+        let g = |xs: [usize; 4], ws: [usize; 4], s, p| Geometry::new(&xs, &ws, s, p).unwrap();
+        assert!(!usable(&g([1, 4, 7, 7], [4, 4, 3, 3], 1, 1)));
+        assert!(!usable(&g([1, 4, 28, 28], [4, 4, 3, 3], 2, 1)));
+        assert!(!usable(&g([1, 4, 28, 28], [4, 4, 1, 1], 1, 0)));
+        assert!(!usable(&g([1, 4, 28, 28], [4, 4, 5, 5], 1, 2)));
+    }
+}
