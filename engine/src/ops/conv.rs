@@ -250,9 +250,14 @@ impl<'a> Plan<'a> {
 
     pub(super) fn scratch(&self) -> Scratch {
         match self {
-            Plan::Im2col { g, .. } => {
-                Scratch::Cols(vec![0f32; if g.pointwise() { 0 } else { g.ck() * g.hw_out() }])
-            }
+            Plan::Im2col { g, .. } => Scratch::Cols(vec![
+                0f32;
+                if g.pointwise() {
+                    0
+                } else {
+                    g.ck() * g.hw_out()
+                }
+            ]),
             Plan::Direct { packed, .. } => Scratch::Direct(packed.scratch()),
         }
     }
@@ -279,7 +284,20 @@ impl<'a> Plan<'a> {
                     im2col(g, src, cols);
                     cols
                 };
-                matmul(g.o, hw, ck, dst, false, w, ck, 1, c, hw, 1, inner_parallelism(g.b));
+                matmul(
+                    g.o,
+                    hw,
+                    ck,
+                    dst,
+                    false,
+                    w,
+                    ck,
+                    1,
+                    c,
+                    hw,
+                    1,
+                    inner_parallelism(g.b),
+                );
             }
             (
                 Plan::Im2col {

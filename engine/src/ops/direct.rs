@@ -62,7 +62,12 @@ impl Packed {
         self.cout.div_ceil(OB)
     }
 
-    fn pack(cin: usize, cout: usize, g: &Geometry, at: impl Fn(usize, usize, usize) -> f32) -> Self {
+    fn pack(
+        cin: usize,
+        cout: usize,
+        g: &Geometry,
+        at: impl Fn(usize, usize, usize) -> f32,
+    ) -> Self {
         let blocks = cout.div_ceil(OB);
         let mut w = vec![0f32; blocks * cin * 9 * OB];
         for b in 0..blocks {
@@ -129,7 +134,8 @@ impl Packed {
         for c in 0..self.cin {
             for i in 0..h {
                 let dst = c * pin + (i + 1) * wp + 1;
-                s.xpad[dst..dst + w].copy_from_slice(&x[c * plane + i * w..c * plane + (i + 1) * w]);
+                s.xpad[dst..dst + w]
+                    .copy_from_slice(&x[c * plane + i * w..c * plane + (i + 1) * w]);
             }
         }
         let offs: [usize; 9] = std::array::from_fn(|t| (t / 3) * wp + t % 3);
@@ -215,7 +221,16 @@ unsafe fn kernel(
 
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
-unsafe fn kernel(_: &[f32], _: usize, _: usize, _: &[usize; 9], _: &[f32], _: &mut [f32], _: usize, _: usize) {
+unsafe fn kernel(
+    _: &[f32],
+    _: usize,
+    _: usize,
+    _: &[usize; 9],
+    _: &[f32],
+    _: &mut [f32],
+    _: usize,
+    _: usize,
+) {
     unreachable!("direct convolution without AVX-512 (`usable` is false)")
 }
 
@@ -247,7 +262,12 @@ mod tests {
             eprintln!("no AVX-512 here: the direct kernel is not used, nothing to check");
             return;
         }
-        for &(c, o, h, w) in &[(16, 16, 28, 28), (3, 5, 13, 12), (32, 20, 14, 14), (1, 8, 12, 17)] {
+        for &(c, o, h, w) in &[
+            (16, 16, 28, 28),
+            (3, 5, 13, 12),
+            (32, 20, 14, 14),
+            (1, 8, 12, 17),
+        ] {
             let g = Geometry::new(&[1, c, h, w], &[o, c, 3, 3], 1, 1).unwrap();
             assert!(usable(&g));
             let x = randv(c * h * w, 1);
@@ -258,9 +278,35 @@ mod tests {
             // Reference forward: W (O × CK) · im2col(x).
             im2col(&g, &x, &mut cols);
             let mut y_ref = vec![0f32; o * hw];
-            matmul(o, hw, ck, &mut y_ref, false, &wt, ck, 1, &cols, hw, 1, Parallelism::None);
+            matmul(
+                o,
+                hw,
+                ck,
+                &mut y_ref,
+                false,
+                &wt,
+                ck,
+                1,
+                &cols,
+                hw,
+                1,
+                Parallelism::None,
+            );
             // Reference input gradient: col2im(Wᵀ · dy).
-            matmul(ck, hw, o, &mut cols, false, &wt, 1, ck, &dy, hw, 1, Parallelism::None);
+            matmul(
+                ck,
+                hw,
+                o,
+                &mut cols,
+                false,
+                &wt,
+                1,
+                ck,
+                &dy,
+                hw,
+                1,
+                Parallelism::None,
+            );
             let mut dx_ref = vec![0f32; c * h * w];
             col2im(&g, &cols, &mut dx_ref);
             for parallel in [false, true] {

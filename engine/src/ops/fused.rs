@@ -115,19 +115,21 @@ fn sum_sq(v: &[f32]) -> (f64, f64) {
     (s, q)
 }
 
-/// Σg and Σg·(z − m) over a plane, g = dy masked by y > 0 (when `relu`); 8 f32 lanes.
+/// Σg and Σg·(z − m) over a plane, g = dy masked by y > 0 (when `relu`); 8 f32 lanes. The mask
+/// is recomputed from z (`y > 0 ⇔ z·scale + shift > 0`, the forward's own arithmetic), so the
+/// backward pass does not read y: these passes are memory-bound on large batches.
 #[inline(always)]
-fn grad_sums(dy: &[f32], y: &[f32], z: &[f32], m: f32, relu: bool) -> (f64, f64) {
+fn grad_sums(dy: &[f32], z: &[f32], (scale, shift): (f32, f32), m: f32, relu: bool) -> (f64, f64) {
     let (mut s, mut t) = ([0f32; 8], [0f32; 8]);
     let n = dy.len() / 8 * 8;
-    let (y, z) = (&y[..dy.len()], &z[..dy.len()]);
-    for ((d, yv), zv) in dy
-        .chunks_exact(8)
-        .zip(y.chunks_exact(8))
-        .zip(z.chunks_exact(8))
-    {
+    let z = &z[..dy.len()];
+    for (d, zv) in dy.chunks_exact(8).zip(z.chunks_exact(8)) {
         for l in 0..8 {
-            let gv = if !relu || yv[l] > 0.0 { d[l] } else { 0.0 };
+            let gv = if !relu || zv[l] * scale + shift > 0.0 {
+                d[l]
+            } else {
+                0.0
+            };
             s[l] += gv;
             t[l] += gv * (zv[l] - m);
         }
@@ -137,7 +139,11 @@ fn grad_sums(dy: &[f32], y: &[f32], z: &[f32], m: f32, relu: bool) -> (f64, f64)
         t.iter().map(|v| *v as f64).sum::<f64>(),
     );
     for i in n..dy.len() {
-        let gv = if !relu || y[i] > 0.0 { dy[i] } else { 0.0 };
+        let gv = if !relu || z[i] * scale + shift > 0.0 {
+            dy[i]
+        } else {
+            0.0
+        };
         s += gv as f64;
         t += (gv * (z[i] - m)) as f64;
     }
@@ -414,7 +420,7 @@ impl CustomOp3 for ConvBnOp {
         x: &Tensor,
         w: &Tensor,
         gb: &Tensor,
-        res: &Tensor,
+        _res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = self.geometry(x.dims(), w.dims())?;
@@ -434,13 +440,16 @@ impl CustomOp3 for ConvBnOp {
             (oh * k + a as usize / k) * wo + ow * k + a as usize % k
         };
         let gamma = gb.get(0)?.to_vec1::<f32>()?;
+        let beta = gb.get(1)?.to_vec1::<f32>()?;
+        // The forward's scale and shift (γ and β have not changed since): the ReLU mask.
+        let (scale, shift) = scale_shift(nm, &gamma, &beta);
         let relu = self.relu;
         let (x_tr, w_tr) = (x.track_op(), w.track_op());
-        let out = with_f32(res, |yv| {
-            with_f32(dy, |dyv| {
-                // Pass 1: per image and channel Σg and Σg·(z − m), g = dy where y > 0.
-                let mut partial = vec![(0f64, 0f64); g.b * o];
-                partial.par_chunks_mut(o).enumerate().for_each(|(b, pb)| wide(|| {
+        let out = with_f32(dy, |dyv| {
+            // Pass 1: per image and channel Σg and Σg·(z − m), g = dy where y > 0.
+            let mut partial = vec![(0f64, 0f64); g.b * o];
+            partial.par_chunks_mut(o).enumerate().for_each(|(b, pb)| {
+                wide(|| {
                     for (c, p) in pb.iter_mut().enumerate() {
                         let plane = b * o + c;
                         let zp = &z[plane * hw..(plane + 1) * hw];
@@ -458,36 +467,38 @@ impl CustomOp3 for ConvBnOp {
                             (s, t)
                         } else {
                             let r = plane * hw..(plane + 1) * hw;
-                            grad_sums(&dyv[r.clone()], &yv[r], zp, mc, relu)
+                            grad_sums(&dyv[r], zp, (scale[c], shift[c]), mc, relu)
                         };
                     }
-                }));
-                let (mut sdy, mut sdyx) = (vec![0f64; o], vec![0f64; o]);
-                for b in 0..g.b {
-                    for c in 0..o {
-                        sdy[c] += partial[b * o + c].0;
-                        sdyx[c] += partial[b * o + c].1;
-                    }
+                })
+            });
+            let (mut sdy, mut sdyx) = (vec![0f64; o], vec![0f64; o]);
+            for b in 0..g.b {
+                for c in 0..o {
+                    sdy[c] += partial[b * o + c].0;
+                    sdyx[c] += partial[b * o + c].1;
                 }
-                let mut dgb: Vec<f32> = (0..o).map(|c| sdyx[c] as f32 * nm.inv_std[c]).collect();
-                dgb.extend(sdy.iter().map(|v| *v as f32));
-                if !x_tr && !w_tr {
-                    return Ok((None, None, dgb));
-                }
-                // dz = γ·r·[g − (α/M)·Σg − (α/M)·r²·(z − μ_b)·Σg(z − m)] per channel.
-                let a = nm.alpha / (g.b * hw) as f32;
-                let coef: Vec<(f32, f32, f32, f32)> = (0..o)
-                    .map(|c| {
-                        let r = nm.inv_std[c];
-                        (
-                            gamma[c] * r,
-                            a * sdy[c] as f32,
-                            a * r * r * sdyx[c] as f32,
-                            nm.batch_mean[c],
-                        )
-                    })
-                    .collect();
-                let dz_image = |b: usize, dzb: &mut [f32]| wide(|| {
+            }
+            let mut dgb: Vec<f32> = (0..o).map(|c| sdyx[c] as f32 * nm.inv_std[c]).collect();
+            dgb.extend(sdy.iter().map(|v| *v as f32));
+            if !x_tr && !w_tr {
+                return Ok((None, None, dgb));
+            }
+            // dz = γ·r·[g − (α/M)·Σg − (α/M)·r²·(z − μ_b)·Σg(z − m)] per channel.
+            let a = nm.alpha / (g.b * hw) as f32;
+            let coef: Vec<(f32, f32, f32, f32)> = (0..o)
+                .map(|c| {
+                    let r = nm.inv_std[c];
+                    (
+                        gamma[c] * r,
+                        a * sdy[c] as f32,
+                        a * r * r * sdyx[c] as f32,
+                        nm.batch_mean[c],
+                    )
+                })
+                .collect();
+            let dz_image = |b: usize, dzb: &mut [f32]| {
+                wide(|| {
                     for (c, &(kc, c1, c2, mb)) in coef.iter().enumerate() {
                         let plane = b * o + c;
                         let zp = &z[plane * hw..(plane + 1) * hw];
@@ -504,75 +515,78 @@ impl CustomOp3 for ConvBnOp {
                                 }
                             }
                         } else {
-                            let r = plane * hw..(plane + 1) * hw;
-                            for (((d, dv), y), zv) in
-                                dst.iter_mut().zip(&dyv[r.clone()]).zip(&yv[r]).zip(zp)
-                            {
-                                let gv = if !relu || *y > 0.0 { *dv } else { 0.0 };
+                            let (sc, sh) = (scale[c], shift[c]);
+                            let dp = &dyv[plane * hw..(plane + 1) * hw];
+                            for ((d, dv), zv) in dst.iter_mut().zip(dp).zip(zp) {
+                                let gv = if !relu || zv * sc + sh > 0.0 {
+                                    *dv
+                                } else {
+                                    0.0
+                                };
                                 *d = kc * (gv - c1 - (zv - mb) * c2);
                             }
                         }
                     }
-                });
-                let par = inner_parallelism(g.b);
-                let cols_len = if g.pointwise() { 0 } else { ck * hw };
-                with_f32(w, |wv| {
-                    with_f32(x, |xv| {
-                        let mut dx = vec![0f32; if x_tr { g.b * g.in_len() } else { 0 }];
-                        let plan = Plan::input_grad(&g, wv);
-                        if !w_tr {
-                            // Input gradient only: every image on its own.
-                            dx.par_chunks_mut(g.in_len()).enumerate().for_each_init(
-                                || (vec![0f32; g.out_len()], plan.scratch()),
-                                |(dzb, scratch), (b, dxb)| {
-                                    dz_image(b, dzb);
-                                    plan.run(dzb, scratch, dxb);
-                                },
-                            );
-                            return Ok((Some(dx), None, dgb));
-                        }
-                        // Weight gradient: fixed chunks of images, partial sums added in order.
-                        let chunks = g.b.div_ceil(WEIGHT_GRAD_CHUNK);
-                        let in_len = g.in_len();
-                        let mut dx_chunks: Vec<&mut [f32]> = if x_tr {
-                            dx.chunks_mut(in_len * WEIGHT_GRAD_CHUNK).collect()
-                        } else {
-                            (0..chunks).map(|_| <&mut [f32]>::default()).collect()
-                        };
-                        let partials: Vec<Vec<f32>> = dx_chunks
-                            .par_iter_mut()
-                            .enumerate()
-                            .map(|(ci, dxc)| {
-                                let mut dw = vec![0f32; o * ck];
-                                let mut dzb = vec![0f32; g.out_len()];
-                                let mut cols = vec![0f32; cols_len];
-                                let mut scratch = x_tr.then(|| plan.scratch());
-                                let first = ci * WEIGHT_GRAD_CHUNK;
-                                for b in first..(first + WEIGHT_GRAD_CHUNK).min(g.b) {
-                                    dz_image(b, &mut dzb);
-                                    if let Some(s) = scratch.as_mut() {
-                                        let k = b - first;
-                                        plan.run(&dzb, s, &mut dxc[k * in_len..(k + 1) * in_len]);
-                                    }
-                                    let xb = &xv[b * in_len..(b + 1) * in_len];
-                                    let c: &[f32] = if g.pointwise() {
-                                        xb
-                                    } else {
-                                        im2col(&g, xb, &mut cols);
-                                        &cols
-                                    };
-                                    // dW (O × CK) += dz_b (O × HW) · cols_bᵀ (HW × CK).
-                                    matmul(o, ck, hw, &mut dw, true, &dzb, hw, 1, c, 1, hw, par);
+                })
+            };
+            let par = inner_parallelism(g.b);
+            let cols_len = if g.pointwise() { 0 } else { ck * hw };
+            with_f32(w, |wv| {
+                with_f32(x, |xv| {
+                    let mut dx = vec![0f32; if x_tr { g.b * g.in_len() } else { 0 }];
+                    let plan = Plan::input_grad(&g, wv);
+                    if !w_tr {
+                        // Input gradient only: every image on its own.
+                        dx.par_chunks_mut(g.in_len()).enumerate().for_each_init(
+                            || (vec![0f32; g.out_len()], plan.scratch()),
+                            |(dzb, scratch), (b, dxb)| {
+                                dz_image(b, dzb);
+                                plan.run(dzb, scratch, dxb);
+                            },
+                        );
+                        return Ok((Some(dx), None, dgb));
+                    }
+                    // Weight gradient: fixed chunks of images, partial sums added in order.
+                    let chunks = g.b.div_ceil(WEIGHT_GRAD_CHUNK);
+                    let in_len = g.in_len();
+                    let mut dx_chunks: Vec<&mut [f32]> = if x_tr {
+                        dx.chunks_mut(in_len * WEIGHT_GRAD_CHUNK).collect()
+                    } else {
+                        (0..chunks).map(|_| <&mut [f32]>::default()).collect()
+                    };
+                    let partials: Vec<Vec<f32>> = dx_chunks
+                        .par_iter_mut()
+                        .enumerate()
+                        .map(|(ci, dxc)| {
+                            let mut dw = vec![0f32; o * ck];
+                            let mut dzb = vec![0f32; g.out_len()];
+                            let mut cols = vec![0f32; cols_len];
+                            let mut scratch = x_tr.then(|| plan.scratch());
+                            let first = ci * WEIGHT_GRAD_CHUNK;
+                            for b in first..(first + WEIGHT_GRAD_CHUNK).min(g.b) {
+                                dz_image(b, &mut dzb);
+                                if let Some(s) = scratch.as_mut() {
+                                    let k = b - first;
+                                    plan.run(&dzb, s, &mut dxc[k * in_len..(k + 1) * in_len]);
                                 }
-                                dw
-                            })
-                            .collect();
-                        let mut dw = vec![0f32; o * ck];
-                        for p in &partials {
-                            dw.iter_mut().zip(p).for_each(|(a, b)| *a += b);
-                        }
-                        Ok((x_tr.then_some(dx), Some(dw), dgb))
-                    })
+                                let xb = &xv[b * in_len..(b + 1) * in_len];
+                                let c: &[f32] = if g.pointwise() {
+                                    xb
+                                } else {
+                                    im2col(&g, xb, &mut cols);
+                                    &cols
+                                };
+                                // dW (O × CK) += dz_b (O × HW) · cols_bᵀ (HW × CK).
+                                matmul(o, ck, hw, &mut dw, true, &dzb, hw, 1, c, 1, hw, par);
+                            }
+                            dw
+                        })
+                        .collect();
+                    let mut dw = vec![0f32; o * ck];
+                    for p in &partials {
+                        dw.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+                    }
+                    Ok((x_tr.then_some(dx), Some(dw), dgb))
                 })
             })
         })?;
