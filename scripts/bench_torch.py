@@ -196,6 +196,17 @@ def configure_batch_stats(m):
     return params
 
 
+def optimizer(params, spec):
+    """torch.optim from Attune's optimizer spec ({"name": "adam" | "sgd", ...}); TENT's Adam when
+    the spec names none."""
+    o = (spec or {}).get("optimizer") or {"name": "adam", "lr": 1e-3}
+    if o["name"] == "sgd":
+        return torch.optim.SGD(params, lr=o["lr"], momentum=o.get("momentum", 0.0),
+                               nesterov=o.get("nesterov", False), weight_decay=o.get("weight_decay", 0.0))
+    return torch.optim.Adam(params, lr=o["lr"], betas=(o.get("beta1", 0.9), o.get("beta2", 0.999)),
+                            eps=o.get("eps", 1e-8), weight_decay=o.get("weight_decay", 0.0))
+
+
 def entropy(logits):
     return -(logits.softmax(1) * logits.log_softmax(1)).sum(1)
 
@@ -219,9 +230,9 @@ class NormTest(Source):
 
 
 class Tent:
-    def __init__(self, m, *_):
+    def __init__(self, m, classes, clean, batch, cfg):
         self.m = m
-        self.opt = torch.optim.Adam(configure_batch_stats(m), lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0)
+        self.opt = optimizer(configure_batch_stats(m), cfg)
 
     def __call__(self, x):
         out = self.m(x)
@@ -247,7 +258,7 @@ class Eata:
         self.alpha = cfg["fisher_alpha"]
         self.probs_ema = None
         self.fishers = self.fisher(clean[: cfg["fisher_size"]], max(batch, 2)) if self.alpha > 0 else None
-        self.opt = torch.optim.Adam(self.params, lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0)
+        self.opt = optimizer(self.params, cfg)
 
     def fisher(self, clean, batch):
         acc, batches = None, 0
@@ -353,7 +364,7 @@ class Cotta:
         self.mt, self.rst, self.ap = cfg["mt"], cfg["rst"], cfg["ap"]
         self.n_aug, self.hflip = cfg["n_augmentations"], cfg["hflip"]
         self.gen = torch.Generator().manual_seed(0)
-        self.opt = torch.optim.Adam(self.m.parameters(), lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0)
+        self.opt = optimizer(self.m.parameters(), cfg)
 
     def __call__(self, x):
         out = self.m(x)
