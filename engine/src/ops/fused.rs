@@ -91,6 +91,20 @@ fn epilogue(dst: &mut [f32], src: &[f32], scale: f32, shift: f32, relu: bool) {
     }
 }
 
+/// [`epilogue`] on the conv output itself.
+#[inline(always)]
+fn epilogue_in_place(p: &mut [f32], scale: f32, shift: f32, relu: bool) {
+    if relu {
+        for v in p.iter_mut() {
+            *v = relu_f(*v * scale + shift);
+        }
+    } else {
+        for v in p.iter_mut() {
+            *v = *v * scale + shift;
+        }
+    }
+}
+
 /// Σ and Σ² of a slice, in f32 over 8 lanes (vectorized), returned in f64. The planes summed
 /// here hold at most a few thousand values; planes are then added in f64.
 #[inline(always)]
@@ -312,14 +326,9 @@ impl CustomOp3 for ConvBnOp {
                         } else {
                             plan.run(xb, scratch, yb);
                             wide(|| {
-                                for c in 0..o {
-                                    let p = &mut yb[c * hw..(c + 1) * hw];
-                                    for v in p.iter_mut() {
-                                        *v = *v * scale[c] + shift[c];
-                                        if self.relu {
-                                            *v = relu_f(*v);
-                                        }
-                                    }
+                                for ((p, &sc), &sh) in yb.chunks_exact_mut(hw).zip(&scale).zip(&shift)
+                                {
+                                    epilogue_in_place(p, sc, sh, self.relu);
                                 }
                             });
                         }
