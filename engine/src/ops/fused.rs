@@ -326,7 +326,8 @@ impl CustomOp3 for ConvBnOp {
                         } else {
                             plan.run(xb, scratch, yb);
                             wide(|| {
-                                for ((p, &sc), &sh) in yb.chunks_exact_mut(hw).zip(&scale).zip(&shift)
+                                for ((p, &sc), &sh) in
+                                    yb.chunks_exact_mut(hw).zip(&scale).zip(&shift)
                                 {
                                     epilogue_in_place(p, sc, sh, self.relu);
                                 }
