@@ -6,7 +6,8 @@
 //! shifted multiply-add over a flat contiguous array: `out[o][q] += w[o][c][t] · xpad[c][q + off_t]`.
 //! The two right-hand columns of every output row (`ow ≥ W`) are junk and dropped when the result
 //! is copied out. The kernel keeps an 8-channel × 48-position block of outputs in 24 registers,
-//! and per (channel, tap) loads 3 input vectors and 8 broadcast weights for 24 FMAs.
+//! and per (channel, tap) loads 3 input vectors and 8 broadcast weights for 24 FMAs (6 × 64 for
+//! the 7 × 7 planes, whose 63 padded-grid positions then fit one block).
 //!
 //! The input gradient of such a convolution is the same convolution of the output gradient with
 //! the weights transposed (in ↔ out) and flipped, so [`Packed::backward`] reuses the kernel and
@@ -17,11 +18,10 @@
 
 use super::conv::Geometry;
 
-/// Output channels per kernel block.
-const OB: usize = 8;
-/// 16-float vectors of consecutive positions per kernel block.
-const PB: usize = 3;
-const QB: usize = 16 * PB;
+/// Kernel blocks, (output channels, 16-float vectors of consecutive positions): 24 accumulator
+/// registers either way. 8 × 3 loads fewer weights per FMA; 6 × 4 covers a 7 × 7 plane (63
+/// positions on the padded grid) with one 64-position block instead of two of 48.
+const BLOCKS: [(usize, usize); 2] = [(8, 3), (6, 4)];
 /// Narrower planes waste too much of each block on the junk columns and the padding of the last
 /// block; they stay on im2col + GEMM. At 7 × 7 only 49 of the 96 computed positions are used and
 /// the kernel is still faster than im2col + GEMM (+ col2im) there (ResNet-20's last stage:
@@ -50,19 +50,22 @@ fn avx512() -> bool {
     }
 }
 
-/// Weights in kernel order: per block of [`OB`] output channels, per input channel, per tap, the
-/// block's [`OB`] values (zero for the channels past the last one).
+/// Weights in kernel order: per block of `ob` output channels, per input channel, per tap, the
+/// block's `ob` values (zero for the channels past the last one).
 pub(super) struct Packed {
     w: Vec<f32>,
     cin: usize,
     cout: usize,
     h: usize,
     wd: usize,
+    /// Output channels and 16-float position vectors per kernel block (one of [`BLOCKS`]).
+    ob: usize,
+    pb: usize,
 }
 
 impl Packed {
     fn blocks(&self) -> usize {
-        self.cout.div_ceil(OB)
+        self.cout.div_ceil(self.ob)
     }
 
     fn pack(
@@ -71,15 +74,21 @@ impl Packed {
         g: &Geometry,
         at: impl Fn(usize, usize, usize) -> f32,
     ) -> Self {
-        let blocks = cout.div_ceil(OB);
-        let mut w = vec![0f32; blocks * cin * 9 * OB];
+        // The block shape that computes the fewest positions (ties: the first).
+        let q = g.h * (g.w + 2);
+        let (ob, pb) = BLOCKS
+            .into_iter()
+            .min_by_key(|&(_, pb)| q.next_multiple_of(16 * pb))
+            .expect("BLOCKS is not empty");
+        let blocks = cout.div_ceil(ob);
+        let mut w = vec![0f32; blocks * cin * 9 * ob];
         for b in 0..blocks {
             for c in 0..cin {
                 for t in 0..9 {
-                    for j in 0..OB {
-                        let o = b * OB + j;
+                    for j in 0..ob {
+                        let o = b * ob + j;
                         if o < cout {
-                            w[((b * cin + c) * 9 + t) * OB + j] = at(o, c, t);
+                            w[((b * cin + c) * 9 + t) * ob + j] = at(o, c, t);
                         }
                     }
                 }
@@ -91,6 +100,8 @@ impl Packed {
             cout,
             h: g.h,
             wd: g.w,
+            ob,
+            pb,
         }
     }
 
@@ -110,8 +121,11 @@ impl Packed {
     fn q(&self) -> usize {
         self.h * self.wp()
     }
+    fn qb(&self) -> usize {
+        16 * self.pb
+    }
     fn qpad(&self) -> usize {
-        self.q().next_multiple_of(QB)
+        self.q().next_multiple_of(self.qb())
     }
     fn plane_in(&self) -> usize {
         (self.h + 2) * self.wp()
@@ -122,7 +136,7 @@ impl Packed {
         let slack = self.qpad() - self.q() + 2 + 16;
         Scratch {
             xpad: vec![0f32; self.cin * self.plane_in() + slack],
-            out: vec![0f32; self.blocks() * OB * self.qpad()],
+            out: vec![0f32; self.blocks() * self.ob * self.qpad()],
         }
     }
 
@@ -142,25 +156,32 @@ impl Packed {
             }
         }
         let offs: [usize; 9] = std::array::from_fn(|t| (t / 3) * wp + t % 3);
-        let wlen = self.cin * 9 * OB;
+        let (ob, qb) = (self.ob, self.qb());
+        let wlen = self.cin * 9 * ob;
         let xpad = &s.xpad;
         let block = |b: usize, out: &mut [f32]| {
             let wb = &self.w[b * wlen..(b + 1) * wlen];
-            for q0 in (0..qpad).step_by(QB) {
+            for q0 in (0..qpad).step_by(qb) {
                 // SAFETY: avx512f was detected (`usable`); every read lies inside xpad (its
                 // slack covers the last block's overhang past the last plane) and every write
-                // inside this block's OB rows of `out` (qpad positions each).
-                unsafe { kernel(xpad, pin, self.cin, &offs, wb, out, qpad, q0) };
+                // inside this block's `ob` rows of `out` (qpad positions each).
+                unsafe {
+                    match (ob, self.pb) {
+                        (8, 3) => kernel::<8, 3>(xpad, pin, self.cin, &offs, wb, out, qpad, q0),
+                        (6, 4) => kernel::<6, 4>(xpad, pin, self.cin, &offs, wb, out, qpad, q0),
+                        other => unreachable!("block shape {other:?} is not in BLOCKS"),
+                    }
+                }
             }
         };
         if parallel {
             use rayon::prelude::*;
             s.out
-                .par_chunks_mut(OB * qpad)
+                .par_chunks_mut(ob * qpad)
                 .enumerate()
                 .for_each(|(b, out)| block(b, out));
         } else {
-            for (b, out) in s.out.chunks_mut(OB * qpad).enumerate() {
+            for (b, out) in s.out.chunks_mut(ob * qpad).enumerate() {
                 block(b, out);
             }
         }
@@ -178,12 +199,12 @@ pub(super) struct Scratch {
     out: Vec<f32>,
 }
 
-/// One block: `out[j][q0 .. q0 + 48] = Σ_c Σ_t w[c][t][j] · xpad[c][q0 + off_t ..]` for the
-/// block's 8 output channels `j` (rows of `out`, `row` apart).
+/// One block: `out[j][q0 .. q0 + 16·PB] = Σ_c Σ_t w[c][t][j] · xpad[c][q0 + off_t ..]` for the
+/// block's `OB` output channels `j` (rows of `out`, `row` apart).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn kernel(
+unsafe fn kernel<const OB: usize, const PB: usize>(
     xpad: &[f32],
     plane_in: usize,
     cin: usize,
@@ -195,8 +216,8 @@ unsafe fn kernel(
 ) {
     use std::arch::x86_64::*;
     debug_assert!(w.len() >= cin * 9 * OB);
-    debug_assert!(out.len() >= (OB - 1) * row + q0 + QB);
-    debug_assert!(xpad.len() >= (cin - 1) * plane_in + q0 + offs[8] + QB);
+    debug_assert!(out.len() >= (OB - 1) * row + q0 + 16 * PB);
+    debug_assert!(xpad.len() >= (cin - 1) * plane_in + q0 + offs[8] + 16 * PB);
     let mut acc = [[_mm512_setzero_ps(); PB]; OB];
     let xp = xpad.as_ptr();
     let mut wp = w.as_ptr();
@@ -224,7 +245,7 @@ unsafe fn kernel(
 
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
-unsafe fn kernel(
+unsafe fn kernel<const OB: usize, const PB: usize>(
     _: &[f32],
     _: usize,
     _: usize,
