@@ -41,6 +41,9 @@ struct Saved {
 
 const NO_GRAD: u8 = u8::MAX;
 
+/// Largest C·KH·KW of a convolution whose output is recomputed rather than stored.
+const RECOMPUTE_MAX_CK: usize = 27;
+
 struct ConvBnOp {
     stride: usize,
     pad: usize,
@@ -54,6 +57,12 @@ struct ConvBnOp {
     eps: f64,
     /// Keep `z` for a backward pass.
     keep: bool,
+    /// Do not store `z` at all: recompute it, image by image, when it is needed again (the
+    /// normalization pass and the backward's sums). For cheap convolutions of a frozen input
+    /// with a frozen weight (the first layer: C·KH·KW ≤ [`RECOMPUTE_MAX_CK`]), whose output is
+    /// the largest tensor of the network and costs more to write to and read back from memory
+    /// than to compute again.
+    recompute: bool,
     saved: Arc<Mutex<Option<Saved>>>,
 }
 
@@ -344,25 +353,41 @@ impl CustomOp3 for ConvBnOp {
             return Ok((CpuStorage::F32(y), shape));
         }
         // Convolution output, with per-image per-channel (Σz, Σz²) while it is in cache.
-        let mut z = vec![0f32; g.b * g.out_len()];
+        let recompute = self.recompute;
+        let mut z = vec![0f32; if recompute { 0 } else { g.b * g.out_len() }];
         let mut partial = vec![(0f64, 0f64); g.b * o];
         let use_batch = self.use_batch;
-        z.par_chunks_mut(g.out_len())
-            .zip(x.par_chunks(g.in_len()))
-            .zip(partial.par_chunks_mut(o))
-            .for_each_init(
-                || plan.scratch(),
-                |scratch, ((zb, xb), pb)| {
-                    plan.run(xb, scratch, zb);
-                    if use_batch {
-                        wide(|| {
-                            for (c, p) in pb.iter_mut().enumerate() {
-                                *p = sum_sq(&zb[c * hw..(c + 1) * hw]);
-                            }
-                        });
+        let sums = |zb: &[f32], pb: &mut [(f64, f64)]| {
+            if use_batch {
+                wide(|| {
+                    for (c, p) in pb.iter_mut().enumerate() {
+                        *p = sum_sq(&zb[c * hw..(c + 1) * hw]);
                     }
-                },
-            );
+                });
+            }
+        };
+        if recompute {
+            x.par_chunks(g.in_len())
+                .zip(partial.par_chunks_mut(o))
+                .for_each_init(
+                    || (plan.scratch(), vec![0f32; g.out_len()]),
+                    |(scratch, zb), (xb, pb)| {
+                        plan.run(xb, scratch, zb);
+                        sums(zb, pb);
+                    },
+                );
+        } else {
+            z.par_chunks_mut(g.out_len())
+                .zip(x.par_chunks(g.in_len()))
+                .zip(partial.par_chunks_mut(o))
+                .for_each_init(
+                    || plan.scratch(),
+                    |scratch, ((zb, xb), pb)| {
+                        plan.run(xb, scratch, zb);
+                        sums(zb, pb);
+                    },
+                );
+        }
         let stats = use_batch.then(|| {
             let m = (g.b * hw) as f64;
             let (mut mean, mut var) = (vec![0f32; o], vec![0f32; o]);
@@ -391,7 +416,41 @@ impl CustomOp3 for ConvBnOp {
         );
         let (scale, shift) = scale_shift(&nm, gamma, beta);
         let mut arg = vec![0u8; if pooling && self.keep { y.len() } else { 0 }];
-        if pooling {
+        if recompute {
+            // The convolution again, image by image, and the epilogue while it is in cache.
+            let keep = self.keep;
+            let ylen = o * plen;
+            let mut args: Vec<&mut [u8]> = if pooling && keep {
+                arg.chunks_mut(ylen).collect()
+            } else {
+                (0..g.b).map(|_| <&mut [u8]>::default()).collect()
+            };
+            y.par_chunks_mut(ylen)
+                .zip(x.par_chunks(g.in_len()))
+                .zip(args.par_iter_mut())
+                .for_each_init(
+                    || (plan.scratch(), vec![0f32; g.out_len()]),
+                    |(scratch, zb), ((yb, xb), ab)| {
+                        plan.run(xb, scratch, zb);
+                        wide(|| {
+                            for c in 0..o {
+                                let zp = &zb[c * hw..(c + 1) * hw];
+                                let yp = &mut yb[c * plen..(c + 1) * plen];
+                                if pooling {
+                                    let a = if keep {
+                                        Some(&mut ab[c * plen..(c + 1) * plen])
+                                    } else {
+                                        None
+                                    };
+                                    pool_plane(zp, dims, scale[c], shift[c], self.relu, yp, a);
+                                } else {
+                                    epilogue(yp, zp, scale[c], shift[c], self.relu);
+                                }
+                            }
+                        });
+                    },
+                );
+        } else if pooling {
             let keep = self.keep;
             let mut args: Vec<&mut [u8]> = if keep {
                 arg.chunks_mut(plen).collect()
@@ -417,7 +476,7 @@ impl CustomOp3 for ConvBnOp {
                 });
         }
         *self.saved.lock().expect("conv_bn lock") = Some(Saved {
-            z: if self.keep { z } else { vec![] },
+            z: if self.keep && !recompute { z } else { vec![] },
             arg,
             nm,
             stats,
@@ -436,7 +495,7 @@ impl CustomOp3 for ConvBnOp {
         let g = self.geometry(x.dims(), w.dims())?;
         let guard = self.saved.lock().expect("conv_bn lock");
         let saved = match guard.as_ref() {
-            Some(s) if !s.z.is_empty() || g.b * g.out_len() == 0 => s,
+            Some(s) if !s.z.is_empty() || self.recompute || g.b * g.out_len() == 0 => s,
             _ => candle_core::bail!("conv_bn: backward through a forward that kept no state"),
         };
         let (z, nm, arg) = (&saved.z, &saved.nm, &saved.arg);
@@ -455,33 +514,58 @@ impl CustomOp3 for ConvBnOp {
         let (scale, shift) = scale_shift(nm, &gamma, &beta);
         let relu = self.relu;
         let (x_tr, w_tr) = (x.track_op(), w.track_op());
+        // A recomputing layer's input and weight are frozen (see `conv_bn`): only γ and β get
+        // gradients, and z comes from the convolution of x again, image by image.
+        let (xr, wr) = if self.recompute {
+            if x_tr || w_tr {
+                candle_core::bail!("conv_bn: recomputed layer with a tracked input or weight");
+            }
+            (
+                x.flatten_all()?.to_vec1::<f32>()?,
+                w.flatten_all()?.to_vec1::<f32>()?,
+            )
+        } else {
+            (vec![], vec![])
+        };
+        let replan = self.recompute.then(|| Plan::forward(&g, &wr));
         let out = with_f32(dy, |dyv| {
             // Pass 1: per image and channel Σg and Σg·(z − m), g = dy where y > 0.
             let mut partial = vec![(0f64, 0f64); g.b * o];
-            partial.par_chunks_mut(o).enumerate().for_each(|(b, pb)| {
-                wide(|| {
-                    for (c, p) in pb.iter_mut().enumerate() {
-                        let plane = b * o + c;
-                        let zp = &z[plane * hw..(plane + 1) * hw];
-                        let mc = nm.mean[c];
-                        *p = if pooling {
-                            let (mut s, mut t) = (0f64, 0f64);
-                            let ap = &arg[plane * plen..(plane + 1) * plen];
-                            let dp = &dyv[plane * plen..(plane + 1) * plen];
-                            for (q, (&a, &d)) in ap.iter().zip(dp).enumerate() {
-                                if a != NO_GRAD {
-                                    s += d as f64;
-                                    t += (d * (zp[pos(q, a)] - mc)) as f64;
+            let olen = g.out_len();
+            partial.par_chunks_mut(o).enumerate().for_each_init(
+                || replan.as_ref().map(|p| (p.scratch(), vec![0f32; olen])),
+                |again, (b, pb)| {
+                    let zimg: &[f32] = match (again.as_mut(), &replan) {
+                        (Some((scratch, zb)), Some(p)) => {
+                            p.run(&xr[b * g.in_len()..(b + 1) * g.in_len()], scratch, zb);
+                            zb
+                        }
+                        _ => &z[b * olen..(b + 1) * olen],
+                    };
+                    wide(|| {
+                        for (c, p) in pb.iter_mut().enumerate() {
+                            let plane = b * o + c;
+                            let zp = &zimg[c * hw..(c + 1) * hw];
+                            let mc = nm.mean[c];
+                            *p = if pooling {
+                                let (mut s, mut t) = (0f64, 0f64);
+                                let ap = &arg[plane * plen..(plane + 1) * plen];
+                                let dp = &dyv[plane * plen..(plane + 1) * plen];
+                                for (q, (&a, &d)) in ap.iter().zip(dp).enumerate() {
+                                    if a != NO_GRAD {
+                                        s += d as f64;
+                                        t += (d * (zp[pos(q, a)] - mc)) as f64;
+                                    }
                                 }
-                            }
-                            (s, t)
-                        } else {
-                            let r = plane * hw..(plane + 1) * hw;
-                            grad_sums(&dyv[r], zp, (scale[c], shift[c]), mc, relu)
-                        };
-                    }
-                })
-            });
+                                (s, t)
+                            } else {
+                                let r = plane * hw..(plane + 1) * hw;
+                                grad_sums(&dyv[r], zp, (scale[c], shift[c]), mc, relu)
+                            };
+                        }
+                    })
+                },
+            );
             let (mut sdy, mut sdyx) = (vec![0f64; o], vec![0f64; o]);
             for b in 0..g.b {
                 for c in 0..o {
@@ -666,6 +750,8 @@ pub fn conv_bn(
     }
     let gb = Tensor::stack(&[gamma, beta], 0)?;
     let keep = x.track_op() || w.track_op() || gb.track_op();
+    let ck = w.dims().iter().skip(1).product::<usize>();
+    let recompute = !x.track_op() && !w.track_op() && ck <= RECOMPUTE_MAX_CK;
     let saved = Arc::new(Mutex::new(None));
     let op = ConvBnOp {
         stride: cfg.stride,
@@ -678,6 +764,7 @@ pub fn conv_bn(
         alpha: batch.unwrap_or(0.0),
         eps: cfg.eps,
         keep,
+        recompute,
         saved: saved.clone(),
     };
     let (x, w) = (x.contiguous()?, w.contiguous()?);
@@ -969,6 +1056,27 @@ mod tests {
             1,
             (false, false),
         );
+    }
+
+    #[test]
+    fn recomputed_first_layers_match_with_pooling_and_every_statistics_mode() {
+        // C·KH·KW ≤ 27 with a frozen input and weight: z is never stored (`recompute`); the
+        // direct kernel (28 wide) and im2col (8 wide) paths, pooled and not.
+        for (dims, pool) in [([3, 3, 28, 28], 2), ([5, 1, 8, 8], 2), ([2, 3, 28, 28], 1)] {
+            for (use_batch, alpha) in [(true, 1.0), (true, 0.4), (false, 0.0)] {
+                check(
+                    dims,
+                    4,
+                    3,
+                    (1, 1),
+                    use_batch,
+                    alpha,
+                    true,
+                    pool,
+                    (false, false),
+                );
+            }
+        }
     }
 
     #[test]
