@@ -36,6 +36,13 @@ impl Torch {
             // One thread pool of the requested size and nothing else.
             .env("OMP_NUM_THREADS", threads.to_string())
             .env("MKL_NUM_THREADS", threads.to_string())
+            // glibc's allocator tuned as Attune tunes its own (`attune_engine::tune_allocator`):
+            // without it, PyTorch's batch-200 activations are fresh mmap'd pages every step
+            // until the allocator's dynamic threshold has grown, and its figures depend on what
+            // ran before in the process (CNN TENT step alone: 3370 images/s; after `source`: 4640).
+            .env("MALLOC_MMAP_THRESHOLD_", (32u32 << 20).to_string())
+            .env("MALLOC_TRIM_THRESHOLD_", i32::MAX.to_string())
+            .env("MALLOC_TOP_PAD_", (256u32 << 20).to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
