@@ -503,11 +503,10 @@ impl CustomOp3 for ConvBnOp {
         let (plen, _, wp) = self.pooled(&g);
         let (k, wo) = (self.pool, g.wo);
         let pooling = k > 1;
-        // Position in the conv output plane of pooled output p with window code a.
-        let pos = |p: usize, a: u8| {
-            let (oh, ow) = (p / wp, p % wp);
-            (oh * k + a as usize / k) * wo + ow * k + a as usize % k
-        };
+        // Offset in the conv output plane of window code a from the window's corner, and the
+        // corner of pooled output (oh, ow): oh·k·wo + ow·k.
+        let win: Vec<usize> = (0..k * k).map(|a| (a / k) * wo + a % k).collect();
+        let hp = if wp == 0 { 0 } else { plen / wp };
         let gamma = gb.get(0)?.to_vec1::<f32>()?;
         let beta = gb.get(1)?.to_vec1::<f32>()?;
         // The forward's scale and shift (γ and β have not changed since): the ReLU mask.
@@ -548,14 +547,24 @@ impl CustomOp3 for ConvBnOp {
                             let zp = &zimg[c * hw..(c + 1) * hw];
                             let mc = nm.mean[c];
                             *p = if pooling {
+                                // In f32 along a pooled row, rows added in f64.
                                 let (mut s, mut t) = (0f64, 0f64);
                                 let ap = &arg[plane * plen..(plane + 1) * plen];
                                 let dp = &dyv[plane * plen..(plane + 1) * plen];
-                                for (q, (&a, &d)) in ap.iter().zip(dp).enumerate() {
-                                    if a != NO_GRAD {
-                                        s += d as f64;
-                                        t += (d * (zp[pos(q, a)] - mc)) as f64;
+                                for oh in 0..hp {
+                                    let (mut rs, mut rt) = (0f32, 0f32);
+                                    let corner = oh * k * wo;
+                                    let rows = ap[oh * wp..(oh + 1) * wp]
+                                        .iter()
+                                        .zip(&dp[oh * wp..(oh + 1) * wp]);
+                                    for (ow, (&a, &d)) in rows.enumerate() {
+                                        if a != NO_GRAD {
+                                            rs += d;
+                                            rt += d * (zp[corner + ow * k + win[a as usize]] - mc);
+                                        }
                                     }
+                                    s += rs as f64;
+                                    t += rt as f64;
                                 }
                                 (s, t)
                             } else {
@@ -603,9 +612,15 @@ impl CustomOp3 for ConvBnOp {
                             }
                             let ap = &arg[plane * plen..(plane + 1) * plen];
                             let dp = &dyv[plane * plen..(plane + 1) * plen];
-                            for (q, (&a, &dv)) in ap.iter().zip(dp).enumerate() {
-                                if a != NO_GRAD {
-                                    dst[pos(q, a)] += kc * dv;
+                            for oh in 0..hp {
+                                let corner = oh * k * wo;
+                                let rows = ap[oh * wp..(oh + 1) * wp]
+                                    .iter()
+                                    .zip(&dp[oh * wp..(oh + 1) * wp]);
+                                for (ow, (&a, &dv)) in rows.enumerate() {
+                                    if a != NO_GRAD {
+                                        dst[corner + ow * k + win[a as usize]] += kc * dv;
+                                    }
                                 }
                             }
                         } else {
