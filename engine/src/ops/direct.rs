@@ -13,7 +13,8 @@
 //! the weights transposed (in ↔ out) and flipped, so [`Packed::backward`] reuses the kernel and
 //! the backward pass needs no col2im either.
 //!
-//! Used for planes at least [`MIN_WIDTH`] (7) wide on CPUs with AVX-512F (checked at run time);
+//! Used for planes at least [`MIN_WIDTH`] (7) wide with at least [`MIN_CHANNELS`] (4) input and
+//! output channels, on CPUs with AVX-512F (checked at run time);
 //! everything else takes the im2col + GEMM path of [`super::conv`], against which this is tested.
 
 use super::conv::Geometry;
@@ -23,14 +24,14 @@ use super::conv::Geometry;
 /// positions on the padded grid) with one 64-position block instead of two of 48.
 const BLOCKS: [(usize, usize); 2] = [(8, 3), (6, 4)];
 /// Narrower planes waste too much of each block on the junk columns and the padding of the last
-/// block; they stay on im2col + GEMM. At 7 × 7 only 49 of the 96 computed positions are used and
-/// the kernel is still faster than im2col + GEMM (+ col2im) there (ResNet-20's last stage:
-/// source forward at batch 200, 3900 → 4190 images/s on 2 threads).
+/// block; they stay on im2col + GEMM. At 7 × 7, 49 of the 64 computed positions are used and the
+/// kernel is faster than im2col + GEMM (+ col2im) there (ResNet-20's last stage, source forward
+/// at batch 200: 3900 → 4190 images/s on 2 threads, measured with two 48-position blocks).
 pub(super) const MIN_WIDTH: usize = 7;
 
 /// With fewer input channels the kernel's loop is too short (9 taps per block of stores) and
-/// im2col + GEMM is faster (the first layer: 1 → 32 channels at 28 × 28, 70 against 180 GFLOP/s
-/// on one thread); with fewer output channels most of each 8-channel block is wasted (the input
+/// im2col + GEMM is faster (the first layer: 1 → 32 channels at 28 × 28, ≈ 80 against ≈ 180
+/// GFLOP/s on one thread); with fewer output channels most of each 8-channel block is wasted (the input
 /// gradient of such a layer).
 pub(super) const MIN_CHANNELS: usize = 4;
 
@@ -153,8 +154,14 @@ impl Packed {
     pub(super) fn run(&self, x: &[f32], s: &mut Scratch, y: &mut [f32], parallel: bool) {
         let (h, w, wp) = (self.h, self.wd, self.wp());
         let (plane, pin, qpad) = (h * w, self.plane_in(), self.qpad());
-        debug_assert_eq!(x.len(), self.cin * plane);
-        debug_assert_eq!(y.len(), self.cout * plane);
+        // The kernel reads and writes through raw pointers: these sizes are what keeps it in
+        // bounds (a scratch of another convolution would not be).
+        assert!(x.len() >= self.cin * plane && y.len() >= self.cout * plane);
+        assert!(
+            s.xpad.len() >= self.cin * pin + qpad - self.q() + 2 + 16
+                && s.out.len() >= self.blocks() * self.ob * qpad,
+            "direct convolution: scratch of another geometry"
+        );
         // Interior of the padded planes (the border stays zero from the allocation).
         for c in 0..self.cin {
             for i in 0..h {

@@ -87,6 +87,7 @@ fn relu_f(v: f32) -> f32 {
     }
 }
 
+/// `dst = max(0, src·scale + shift)` (the affine part alone when `relu` is off).
 #[inline(always)]
 fn epilogue(dst: &mut [f32], src: &[f32], scale: f32, shift: f32, relu: bool) {
     if relu {
@@ -500,13 +501,12 @@ impl CustomOp3 for ConvBnOp {
         };
         let (z, nm, arg) = (&saved.z, &saved.nm, &saved.arg);
         let (o, hw, ck) = (g.o, g.hw_out(), g.ck());
-        let (plen, _, wp) = self.pooled(&g);
+        let (plen, hp, wp) = self.pooled(&g);
         let (k, wo) = (self.pool, g.wo);
         let pooling = k > 1;
         // Offset in the conv output plane of window code a from the window's corner, and the
         // corner of pooled output (oh, ow): oh·k·wo + ow·k.
         let win: Vec<usize> = (0..k * k).map(|a| (a / k) * wo + a % k).collect();
-        let hp = if wp == 0 { 0 } else { plen / wp };
         let gamma = gb.get(0)?.to_vec1::<f32>()?;
         let beta = gb.get(1)?.to_vec1::<f32>()?;
         // The forward's scale and shift (γ and β have not changed since): the ReLU mask.

@@ -5,9 +5,10 @@
 //! BatchNorm is a chain of a dozen broadcast ops. The ops here are `CustomOp`s whose forward and
 //! backward are im2col + GEMM (the `gemm` crate that candle itself uses) and a single-pass
 //! BatchNorm, so training and adaptation on CPU spend their time in matrix multiplies. On CPUs
-//! with AVX-512, 3×3 stride-1 convolutions of planes at least 7 wide skip im2col and col2im
-//! altogether (`direct`: a register-blocked direct convolution, forward and input gradient). On other
-//! devices the same functions fall back to candle's own ops, so a CUDA build keeps working.
+//! with AVX-512, 3×3 stride-1 convolutions of planes at least 7 wide with at least 4 channels
+//! skip im2col and col2im altogether (`direct`: a register-blocked direct convolution, forward
+//! and input gradient). On other devices the same functions fall back to candle's own ops, so a
+//! CUDA build keeps working.
 //!
 //! Each op is checked against candle's composed reference (forward values and gradients) in its
 //! tests.
