@@ -2,7 +2,7 @@
 # The speed benchmark: Attune against PyTorch on the same weights, stream and thread count
 # (not part of the test suite; figures and how to read them: docs/speed.md).
 #
-#   scripts/bench.sh                        # CPU, 2 threads: cnn + resnet20 × source/norm_test/tent/eata × batch 1/64/200, parity
+#   scripts/bench.sh                        # CPU, 2 threads: cnn + resnet20 × source/norm_test/tent/eata/cotta × batch 1/64/200, parity
 #   scripts/bench.sh --models cnn --batches 200 --methods tent   # any `attune-bench run` flag (--help lists them)
 #   scripts/bench.sh memory                 # peak RSS of TENT over a 100 000-image stream (`attune-bench memory` flags follow)
 #   ATTUNE_BENCH_DEVICE=cuda:0 scripts/bench.sh   # on a machine with an NVIDIA GPU: builds with --features cuda,
