@@ -112,9 +112,10 @@ struct RunArgs {
     /// Measure Attune only (no PyTorch, no parity).
     #[arg(long)]
     no_torch: bool,
-    /// OMP_WAIT_POLICY for PyTorch's OpenMP threads: PASSIVE (sleep when idle, as rayon does),
-    /// ACTIVE, or `inherit` (leave the environment as it is). On a shared, loaded machine the
-    /// default spinning makes PyTorch's figures collapse (see docs/speed.md).
+    /// OMP_WAIT_POLICY for PyTorch's OpenMP threads: PASSIVE (sleep when idle, as rayon's
+    /// threads do), ACTIVE (spin), or `inherit` (leave the environment as it is: OpenMP's own
+    /// default spins for a while, then sleeps). Spinning threads lose their time slices when
+    /// other processes compete for the cores, so on a loaded machine PyTorch's figures then drop.
     #[arg(long, default_value = "PASSIVE")]
     torch_omp_wait: String,
     /// Side of the square matrices of the matmul-rate measurement.
@@ -557,6 +558,21 @@ const PARITY_TOL: f64 = 1e-3;
 
 fn run(a: RunArgs) -> Result<()> {
     let c = &a.common;
+    for m in &a.models {
+        arch_of(m)?;
+    }
+    if a.batches.contains(&0) || a.repeats == 0 || a.images_per_repeat == 0 {
+        bail!("--batches, --repeats and --images-per-repeat must be at least 1");
+    }
+    if a.parity_batch < 2 || a.parity_batches == 0 {
+        bail!("--parity-batch must be at least 2 and --parity-batches at least 1");
+    }
+    if !["PASSIVE", "ACTIVE", "inherit"].contains(&a.torch_omp_wait.as_str()) {
+        bail!(
+            "--torch-omp-wait `{}`: valid: PASSIVE, ACTIVE, inherit",
+            a.torch_omp_wait
+        );
+    }
     let specs: Vec<(String, MethodSpec)> = a
         .methods
         .iter()
@@ -620,7 +636,7 @@ fn run(a: RunArgs) -> Result<()> {
     }
 
     println!(
-        "\n{:<9} {:<10} {:>5} {:>11} {:>11} {:>7} {:>15} {:>15}  load",
+        "\n{:<9} {:<10} {:>5} {:>11} {:>11} {:>7} {:>15} {:>15} {:>11}  load",
         "model",
         "method",
         "batch",
@@ -628,7 +644,8 @@ fn run(a: RunArgs) -> Result<()> {
         "torch/s",
         "ratio",
         "attune GFLOP/s",
-        "torch GFLOP/s"
+        "torch GFLOP/s",
+        "steps"
     );
     let mut rows = vec![];
     for m in &p.models {
@@ -785,7 +802,7 @@ fn fmt_row(r: &Row, peak: f64) -> String {
         })
     };
     format!(
-        "{:<9} {:<10} {:>5} {:>11} {:>11} {:>7} {:>15} {:>15} {:>6}  {}",
+        "{:<9} {:<10} {:>5} {:>11} {:>11} {:>7} {:>15} {:>15} {:>11}  {}",
         r.model,
         r.method,
         r.batch,
@@ -895,6 +912,10 @@ fn rss_mib() -> (f64, f64) {
 fn memory(a: MemoryArgs) -> Result<()> {
     let c = &a.common;
     let spec = method_spec(&a.method)?;
+    arch_of(&a.model)?;
+    if a.batch == 0 || a.every == 0 || a.images == 0 {
+        bail!("--batch, --every and --images must be at least 1");
+    }
     let p = prepare(
         c,
         std::slice::from_ref(&a.model),
@@ -938,17 +959,21 @@ fn memory(a: MemoryArgs) -> Result<()> {
             next += a.every;
         }
     }
-    let first = marks
+    let (first_at, first) = marks
         .first()
-        .and_then(|m| m["peak_mib"].as_f64())
-        .unwrap_or(f64::NAN);
+        .map(|m| {
+            (
+                m["images"].as_u64().unwrap_or(0),
+                m["peak_mib"].as_f64().unwrap_or(f64::NAN),
+            )
+        })
+        .unwrap_or((0, f64::NAN));
     let lastp = marks
         .last()
         .and_then(|m| m["peak_mib"].as_f64())
         .unwrap_or(f64::NAN);
     println!(
-        "peak RSS after {} images: {first:.1} MiB; after {done}: {lastp:.1} MiB (growth {:.1} MiB) in {:.0} s",
-        a.every.min(done),
+        "peak RSS after {first_at} images: {first:.1} MiB; after {done}: {lastp:.1} MiB (growth {:.1} MiB) in {:.0} s",
         lastp - first,
         t.elapsed().as_secs_f64()
     );
