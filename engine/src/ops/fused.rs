@@ -189,6 +189,11 @@ fn pool_plane(
     mut arg: Option<&mut [u8]>,
 ) {
     if k == 2 {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: avx512f was just detected.
+            return unsafe { pool2_avx512(zp, (ho, wo), scale, shift, relu, yp, arg) };
+        }
         return pool2_plane(zp, (ho, wo), scale, shift, relu, yp, arg);
     }
     let (hp, wp) = (ho / k, wo / k);
@@ -259,6 +264,91 @@ fn pool2_plane(
             if let Some(a) = ar.as_deref_mut() {
                 a[ow] = if !relu || out > 0.0 { bi } else { NO_GRAD };
             }
+        }
+    }
+}
+
+/// [`pool2_plane`] 16 outputs at a time: even/odd columns split by a permutation, the first
+/// maximum (and NaN) rule as compare masks and blends, the window codes narrowed to bytes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn pool2_avx512(
+    zp: &[f32],
+    (ho, wo): (usize, usize),
+    scale: f32,
+    shift: f32,
+    relu: bool,
+    yp: &mut [f32],
+    mut arg: Option<&mut [u8]>,
+) {
+    use std::arch::x86_64::*;
+    let (hp, wp) = (ho / 2, wo / 2);
+    assert!(zp.len() >= ho * wo && yp.len() >= hp * wp);
+    if let Some(a) = arg.as_deref() {
+        assert!(a.len() >= hp * wp);
+    }
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    let (sc, sh, zero) = (
+        _mm512_set1_ps(scale),
+        _mm512_set1_ps(shift),
+        _mm512_setzero_ps(),
+    );
+    let mask = |n: usize| -> __mmask16 {
+        if n >= 16 {
+            0xffff
+        } else {
+            (1u16 << n) - 1
+        }
+    };
+    for oh in 0..hp {
+        let r0 = zp.as_ptr().add(2 * oh * wo);
+        let r1 = zp.as_ptr().add((2 * oh + 1) * wo);
+        let mut ow = 0;
+        while ow < wp {
+            let n = (wp - ow).min(16);
+            // Inputs 2·ow .. 2·(ow + n) of both rows (all inside the row: 2·wp ≤ wo).
+            let (lo, hi) = (mask(2 * n), mask((2 * n).saturating_sub(16)));
+            let row = |r: *const f32| {
+                let a = _mm512_maskz_loadu_ps(lo, r.add(2 * ow));
+                let b = _mm512_maskz_loadu_ps(hi, r.add(2 * ow + 16));
+                (
+                    _mm512_add_ps(_mm512_mul_ps(_mm512_permutex2var_ps(a, even, b), sc), sh),
+                    _mm512_add_ps(_mm512_mul_ps(_mm512_permutex2var_ps(a, odd, b), sc), sh),
+                )
+            };
+            let ((v0, v1), (v2, v3)) = (row(r0), row(r1));
+            let (mut best, mut bi) = (v0, _mm512_setzero_si512());
+            for (x, i) in [(v1, 1), (v2, 2), (v3, 3)] {
+                // `>` keeps the first maximum; NaN wins like PyTorch.
+                let take = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(x, best)
+                    | (_mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x)
+                        & !_mm512_cmp_ps_mask::<_CMP_UNORD_Q>(best, best));
+                best = _mm512_mask_blend_ps(take, best, x);
+                bi = _mm512_mask_blend_epi32(take, bi, _mm512_set1_epi32(i));
+            }
+            let out = if relu {
+                _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(best, zero), best, zero)
+            } else {
+                best
+            };
+            let m = mask(n);
+            _mm512_mask_storeu_ps(yp.as_mut_ptr().add(oh * wp + ow), m, out);
+            if let Some(a) = arg.as_deref_mut() {
+                let code = if relu {
+                    let pass = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(out, zero);
+                    _mm512_mask_blend_epi32(pass, _mm512_set1_epi32(NO_GRAD as i32), bi)
+                } else {
+                    bi
+                };
+                _mm512_mask_cvtepi32_storeu_epi8(
+                    a.as_mut_ptr().add(oh * wp + ow) as *mut i8,
+                    m,
+                    code,
+                );
+            }
+            ow += 16;
         }
     }
 }
@@ -1071,6 +1161,39 @@ mod tests {
             1,
             (false, false),
         );
+    }
+
+    #[test]
+    fn vectorized_2x2_pool_equals_the_scalar_one() {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx512f") {
+            for (ho, wo) in [(28, 28), (14, 14), (7, 7), (5, 9), (2, 2), (3, 41), (1, 1)] {
+                let mut z = randn(&[ho * wo], 7).to_vec1::<f32>().unwrap();
+                // NaNs and ties: the first-maximum and NaN rules.
+                z[0] = f32::NAN;
+                if z.len() > 5 {
+                    z[5] = z[4];
+                    z[3] = f32::NAN;
+                    z[2] = f32::NAN;
+                }
+                let (hp, wp) = (ho / 2, wo / 2);
+                for relu in [true, false] {
+                    for with_arg in [true, false] {
+                        let (mut y1, mut y2) = (vec![9f32; hp * wp], vec![9f32; hp * wp]);
+                        let (mut a1, mut a2) = (vec![7u8; hp * wp], vec![7u8; hp * wp]);
+                        let (s, t) = (0.7, -0.1);
+                        let arg1 = with_arg.then_some(&mut a1[..]);
+                        pool2_plane(&z, (ho, wo), s, t, relu, &mut y1, arg1);
+                        let arg2 = with_arg.then_some(&mut a2[..]);
+                        // SAFETY: avx512f detected above.
+                        unsafe { pool2_avx512(&z, (ho, wo), s, t, relu, &mut y2, arg2) };
+                        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(bits(&y1), bits(&y2), "{ho}×{wo} relu {relu}");
+                        assert_eq!(a1, a2, "{ho}×{wo} relu {relu} codes");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
