@@ -148,6 +148,7 @@ fn main() -> Result<()> {
         Command::Memory(a) => a.common.threads,
         Command::Sampling(a) => a.threads,
     };
+    attune_engine::tune_runtime();
     // candle sizes its own CPU thread use from RAYON_NUM_THREADS; the gemm calls of the engine's
     // kernels use the global rayon pool.
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
@@ -155,7 +156,6 @@ fn main() -> Result<()> {
         .num_threads(threads)
         .build_global()
         .context("cannot size the rayon thread pool")?;
-    attune_engine::tune_allocator();
     match cli.command {
         Command::Run(a) => run(a),
         Command::Memory(a) => memory(a),

@@ -36,7 +36,7 @@ impl Torch {
             // One thread pool of the requested size and nothing else.
             .env("OMP_NUM_THREADS", threads.to_string())
             .env("MKL_NUM_THREADS", threads.to_string())
-            // glibc's allocator tuned as Attune tunes its own (`attune_engine::tune_allocator`):
+            // glibc's allocator tuned as Attune tunes its own (`attune_engine::tune_runtime`):
             // without it, PyTorch's batch-200 activations are fresh mmap'd pages every step
             // until the allocator's dynamic threshold has grown, and its figures depend on what
             // ran before in the process (CNN TENT step alone: 3370 images/s; after `source`: 4640).

@@ -222,7 +222,7 @@ fn rayon_threads() -> usize {
 }
 
 fn main() {
-    attune_engine::tune_allocator();
+    attune_engine::tune_runtime();
     let cli = Cli::parse();
     let remote = cli.remote;
     let r = match cli.command {

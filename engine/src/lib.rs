@@ -24,13 +24,25 @@ pub use error::{EngineError, Result};
 /// The engine's version, recorded in every result for reproducibility.
 pub const ENGINE_VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// Keep freed memory in the process instead of returning it to the OS after every tensor.
+/// Process-wide settings for CPU work; call once at program start, before other threads exist.
 ///
-/// glibc serves allocations above 128 KiB with fresh `mmap`s and trims the heap eagerly, so
-/// every activation tensor of every step costs page faults (measured: a quarter of a training
-/// step's time went to the kernel zeroing pages). Raising the mmap and trim thresholds lets
-/// freed blocks be reused. Call once at program start; a no-op elsewhere than Linux/glibc.
-pub fn tune_allocator() {
+/// - Keep freed memory in the process instead of returning it to the OS after every tensor:
+///   glibc serves allocations above 128 KiB with fresh `mmap`s and trims the heap eagerly, so
+///   every activation tensor of every step costs page faults (measured: a quarter of a training
+///   step's time went to the kernel zeroing pages). Raising the mmap and trim thresholds lets
+///   freed blocks be reused (Linux/glibc only).
+/// - candle's CPU worker threads spin 25 000 times after each of its parallel ops before they
+///   sleep, taking the cores from the rayon threads of the engine's kernels; 100 spins
+///   (`CANDLE_BARRIER_POOL_SPIN_LIMIT`, unless already set) made the TENT step 3–4 % faster on
+///   2 cores (docs/speed.md).
+pub fn tune_runtime() {
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "100");
+    }
+    tune_allocator();
+}
+
+fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters; it is called before other threads
     // allocate heavily and has no memory-safety preconditions.

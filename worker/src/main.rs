@@ -58,9 +58,14 @@ fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s.max(0.0))
 }
 
+fn main() {
+    // Before the async runtime starts its threads (it sets an environment variable).
+    attune_engine::tune_runtime();
+    serve();
+}
+
 #[tokio::main]
-async fn main() {
-    attune_engine::tune_allocator();
+async fn serve() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
