@@ -85,7 +85,7 @@ struct RunArgs {
     #[arg(long, value_delimiter = ',', default_value = "cnn,resnet20")]
     models: Vec<String>,
     /// Methods to run: source, norm_test, tent, eata, cotta (CoTTA's parity check runs with its
-    /// random parts off: `ap` = 0, `rst` = 0).
+    /// random parts off, `ap` = 0 and `rst` = 0, and with SGD instead of Adam: docs/speed.md).
     #[arg(
         long,
         value_delimiter = ',',
