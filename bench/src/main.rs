@@ -23,6 +23,7 @@ use attune_engine::jobs::{self, stream, CancelToken, Quiet};
 use attune_engine::methods::{self, Method, MethodEnv, MethodSpec};
 use attune_engine::models::{Architecture, Model};
 use attune_engine::nn::BnMode;
+use attune_engine::optim::OptimizerSpec;
 use candle_core::{Device, Tensor};
 use clap::{Args, Parser, Subcommand};
 use rand::seq::SliceRandom;
@@ -329,15 +330,28 @@ fn method_spec(name: &str) -> Result<MethodSpec> {
 ///   steps move each weight by ≈ lr·sign(g) however small g is, so weights whose gradient is at
 ///   rounding level take opposite ±1e-3 steps on the two sides and the logits drift apart by
 ///   ~1e-3 within three batches (docs/speed.md); with SGD they agree to 1e-5.
-fn parity_spec(name: &str, spec: &MethodSpec) -> Result<MethodSpec> {
-    if name != "cotta" {
-        return Ok(spec.clone());
+fn parity_spec(spec: &MethodSpec) -> MethodSpec {
+    match spec {
+        MethodSpec::Cotta {
+            mt,
+            n_augmentations,
+            hflip,
+            ..
+        } => MethodSpec::Cotta {
+            optimizer: OptimizerSpec::Sgd {
+                lr: 1e-3,
+                momentum: 0.9,
+                nesterov: false,
+                weight_decay: 0.0,
+            },
+            mt: *mt,
+            rst: 0.0,
+            ap: 0.0,
+            n_augmentations: *n_augmentations,
+            hflip: *hflip,
+        },
+        other => other.clone(),
     }
-    let mut v = serde_json::to_value(spec)?;
-    v["ap"] = 0.0.into();
-    v["rst"] = 0.0.into();
-    v["optimizer"] = serde_json::json!({"name": "sgd", "lr": 1e-3, "momentum": 0.9});
-    Ok(MethodSpec::from_value(v)?)
 }
 
 /// CoTTA's teacher passes per batch on this stream: `n_augmentations` when the frozen anchor
@@ -345,11 +359,15 @@ fn parity_spec(name: &str, spec: &MethodSpec) -> Result<MethodSpec> {
 /// Both sides take the same decision from the same anchor, so this is computed once, here, and
 /// enters the FLOP count.
 fn cotta_views(p: &Prepared, m: &BenchModel, spec: &MethodSpec, batch: usize) -> Result<f64> {
-    let v = serde_json::to_value(spec)?;
-    let (ap, n) = (
-        v["ap"].as_f64().unwrap_or(0.92),
-        v["n_augmentations"].as_f64().unwrap_or(32.0),
-    );
+    let MethodSpec::Cotta {
+        ap,
+        n_augmentations,
+        ..
+    } = spec
+    else {
+        bail!("cotta_views needs a CoTTA spec, got {spec:?}");
+    };
+    let (ap, n) = (*ap, *n_augmentations as f64);
     let anchor = m.load(&p.device)?;
     let xs = batches(&p.stream, batch, &p.device)?;
     let mut views = 0.0;
@@ -655,7 +673,7 @@ fn run(a: RunArgs) -> Result<()> {
                 let load_before = load_avg();
                 let per = (a.images_per_repeat / batch).clamp(1, 50);
                 let applicable = batch >= 2 || name == "source";
-                let views = if name == "cotta" && applicable {
+                let views = if matches!(spec, MethodSpec::Cotta { .. }) && applicable {
                     Some(cotta_views(&p, m, spec, batch)?)
                 } else {
                     None
@@ -704,7 +722,7 @@ fn run(a: RunArgs) -> Result<()> {
         );
         for m in &p.models {
             for (name, spec) in &specs {
-                let spec = &parity_spec(name, spec)?;
+                let spec = &parity_spec(spec);
                 let file = c.out.join(format!("torch-logits-{}-{name}.f32", m.name));
                 t.call(serde_json::json!({
                     "cmd": "parity", "model": m.name, "method": name, "batch": a.parity_batch,

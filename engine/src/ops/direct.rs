@@ -18,6 +18,7 @@
 //! everything else takes the im2col + GEMM path of [`super::conv`], against which this is tested.
 
 use super::conv::Geometry;
+use super::has_avx512f;
 
 /// Kernel blocks, (output channels, 16-float vectors of consecutive positions): 24 accumulator
 /// registers either way. 8 × 3 loads fewer weights per FMA; 6 × 4 covers a 7 × 7 plane (63
@@ -45,18 +46,7 @@ pub(super) fn usable(g: &Geometry) -> bool {
         && g.h >= 1
         && g.c >= MIN_CHANNELS
         && g.o >= MIN_CHANNELS
-        && avx512()
-}
-
-fn avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+        && has_avx512f()
 }
 
 /// Weights in kernel order: per block of `ob` output channels, per input channel, per tap, the
@@ -140,12 +130,19 @@ impl Packed {
         (self.h + 2) * self.wp()
     }
 
+    /// The padded input planes, plus slack for the last block's reads past the last plane.
+    fn xpad_len(&self) -> usize {
+        self.cin * self.plane_in() + self.qpad() - self.q() + 2 + 16
+    }
+    fn out_len(&self) -> usize {
+        self.blocks() * self.ob * self.qpad()
+    }
+
     /// Buffers for [`Packed::run`], reusable for every image of the same convolution.
     pub(super) fn scratch(&self) -> Scratch {
-        let slack = self.qpad() - self.q() + 2 + 16;
         Scratch {
-            xpad: vec![0f32; self.cin * self.plane_in() + slack],
-            out: vec![0f32; self.blocks() * self.ob * self.qpad()],
+            xpad: vec![0f32; self.xpad_len()],
+            out: vec![0f32; self.out_len()],
         }
     }
 
@@ -158,8 +155,7 @@ impl Packed {
         // bounds (a scratch of another convolution would not be).
         assert!(x.len() >= self.cin * plane && y.len() >= self.cout * plane);
         assert!(
-            s.xpad.len() >= self.cin * pin + qpad - self.q() + 2 + 16
-                && s.out.len() >= self.blocks() * self.ob * qpad,
+            s.xpad.len() >= self.xpad_len() && s.out.len() >= self.out_len(),
             "direct convolution: scratch of another geometry"
         );
         // Interior of the padded planes (the border stays zero from the allocation).
@@ -297,7 +293,7 @@ mod tests {
     /// counts that are and are not multiples of the block, square and not.
     #[test]
     fn matches_im2col_forward_and_input_gradient() {
-        if !avx512() {
+        if !has_avx512f() {
             eprintln!("no AVX-512 here: the direct kernel is not used, nothing to check");
             return;
         }

@@ -22,8 +22,8 @@
 //! γ and β enter as one (2, C) tensor (`Tensor::stack`), so the op has three inputs.
 
 use super::batchnorm::{BnNormalizer, BnStats};
-use super::conv::{im2col, inner_parallelism, matmul, Geometry, Plan, WEIGHT_GRAD_CHUNK};
-use super::{f32_slice, wide, with_f32};
+use super::conv::{im2col, inner_parallelism, matmul, Geometry, Plan, Scratch, WEIGHT_GRAD_CHUNK};
+use super::{f32_slice, has_avx512f, wide, with_f32};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -190,7 +190,7 @@ fn pool_plane(
 ) {
     if k == 2 {
         #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx512f") {
+        if has_avx512f() {
             // SAFETY: avx512f was just detected.
             return unsafe { pool2_avx512(zp, (ho, wo), scale, shift, relu, yp, arg) };
         }
@@ -205,24 +205,34 @@ fn pool_plane(
             for i in 0..k {
                 for j in 0..k {
                     let v = zp[base + i * wo + j] * scale + shift;
-                    // `>` keeps the first maximum; NaN wins like PyTorch.
-                    if v > best || (v.is_nan() && !best.is_nan()) {
+                    if takes_over(v, best) {
                         best = v;
                         bi = i * k + j;
                     }
                 }
             }
-            let out = if relu { relu_f(best) } else { best };
+            let (out, code) = pooled(best, bi as u8, relu);
             yp[oh * wp + ow] = out;
             if let Some(a) = arg.as_deref_mut() {
-                a[oh * wp + ow] = if !relu || out > 0.0 {
-                    bi as u8
-                } else {
-                    NO_GRAD
-                };
+                a[oh * wp + ow] = code;
             }
         }
     }
+}
+
+/// Max-pooling's first-maximum rule: `x` replaces `best` when larger (`>` keeps the first of
+/// equal maxima), or when it is NaN and `best` is not (NaN wins, as in PyTorch).
+#[inline(always)]
+fn takes_over(x: f32, best: f32) -> bool {
+    x > best || (x.is_nan() && !best.is_nan())
+}
+
+/// A window's output and its code: the ReLU applied when `relu`, and [`NO_GRAD`] instead of the
+/// position `bi` where the ReLU zeroed the output (no gradient passes there).
+#[inline(always)]
+fn pooled(best: f32, bi: u8, relu: bool) -> (f32, u8) {
+    let out = if relu { relu_f(best) } else { best };
+    (out, if !relu || out > 0.0 { bi } else { NO_GRAD })
 }
 
 /// [`pool_plane`] for the 2×2 window (the only one the models use): the same result, row slices
@@ -253,16 +263,15 @@ fn pool2_plane(
             ];
             let (mut best, mut bi) = (v[0], 0u8);
             for (i, &x) in v.iter().enumerate().skip(1) {
-                // `>` keeps the first maximum; NaN wins like PyTorch.
-                if x > best || (x.is_nan() && !best.is_nan()) {
+                if takes_over(x, best) {
                     best = x;
                     bi = i as u8;
                 }
             }
-            let out = if relu { relu_f(best) } else { best };
+            let (out, code) = pooled(best, bi, relu);
             yr[ow] = out;
             if let Some(a) = ar.as_deref_mut() {
-                a[ow] = if !relu || out > 0.0 { bi } else { NO_GRAD };
+                a[ow] = code;
             }
         }
     }
@@ -354,6 +363,44 @@ unsafe fn pool2_avx512(
 }
 
 impl ConvBnOp {
+    /// One image's convolution and, while it is in cache, its epilogue: `yb` gets
+    /// `max(0, z·scale + shift)`, pooled when a pool follows (from `zb`, which holds the
+    /// convolution then; the window codes into `ab` when given), else computed in place (the
+    /// convolution lands in `yb`, `zb` is unused).
+    #[allow(clippy::too_many_arguments)]
+    fn conv_image(
+        &self,
+        g: &Geometry,
+        plan: &Plan,
+        xb: &[f32],
+        scratch: &mut Scratch,
+        zb: &mut [f32],
+        yb: &mut [f32],
+        mut ab: Option<&mut [u8]>,
+        (scale, shift): (&[f32], &[f32]),
+    ) {
+        let (hw, plen) = (g.hw_out(), self.pooled(g).0);
+        if self.pool > 1 {
+            plan.run(xb, scratch, zb);
+            let dims = (g.ho, g.wo, self.pool);
+            wide(|| {
+                for c in 0..g.o {
+                    let zp = &zb[c * hw..(c + 1) * hw];
+                    let yp = &mut yb[c * plen..(c + 1) * plen];
+                    let a = ab.as_deref_mut().map(|a| &mut a[c * plen..(c + 1) * plen]);
+                    pool_plane(zp, dims, scale[c], shift[c], self.relu, yp, a);
+                }
+            });
+        } else {
+            plan.run(xb, scratch, yb);
+            wide(|| {
+                for ((p, &sc), &sh) in yb.chunks_exact_mut(hw).zip(scale).zip(shift) {
+                    epilogue_in_place(p, sc, sh, self.relu);
+                }
+            });
+        }
+    }
+
     fn geometry(&self, xs: &[usize], ws: &[usize]) -> Result<Geometry> {
         let g = Geometry::new(xs, ws, self.stride, self.pad)?;
         if self.fixed_mean.len() != g.o || self.fixed_var.len() != g.o {
@@ -414,25 +461,7 @@ impl CustomOp3 for ConvBnOp {
                 .for_each_init(
                     || (plan.scratch(), vec![0f32; zlen]),
                     |(scratch, zb), (yb, xb)| {
-                        if pooling {
-                            plan.run(xb, scratch, zb);
-                            wide(|| {
-                                for c in 0..o {
-                                    let zp = &zb[c * hw..(c + 1) * hw];
-                                    let yp = &mut yb[c * plen..(c + 1) * plen];
-                                    pool_plane(zp, dims, scale[c], shift[c], self.relu, yp, None);
-                                }
-                            });
-                        } else {
-                            plan.run(xb, scratch, yb);
-                            wide(|| {
-                                for ((p, &sc), &sh) in
-                                    yb.chunks_exact_mut(hw).zip(&scale).zip(&shift)
-                                {
-                                    epilogue_in_place(p, sc, sh, self.relu);
-                                }
-                            });
-                        }
+                        self.conv_image(&g, &plan, xb, scratch, zb, yb, None, (&scale, &shift))
                     },
                 );
             *self.saved.lock().expect("conv_bn lock") = Some(Saved {
@@ -509,9 +538,9 @@ impl CustomOp3 for ConvBnOp {
         let mut arg = vec![0u8; if pooling && self.keep { y.len() } else { 0 }];
         if recompute {
             // The convolution again, image by image, and the epilogue while it is in cache.
-            let keep = self.keep;
             let ylen = o * plen;
-            let mut args: Vec<&mut [u8]> = if pooling && keep {
+            let zlen = if pooling { g.out_len() } else { 0 };
+            let mut args: Vec<&mut [u8]> = if pooling && self.keep {
                 arg.chunks_mut(ylen).collect()
             } else {
                 (0..g.b).map(|_| <&mut [u8]>::default()).collect()
@@ -520,25 +549,10 @@ impl CustomOp3 for ConvBnOp {
                 .zip(x.par_chunks(g.in_len()))
                 .zip(args.par_iter_mut())
                 .for_each_init(
-                    || (plan.scratch(), vec![0f32; g.out_len()]),
+                    || (plan.scratch(), vec![0f32; zlen]),
                     |(scratch, zb), ((yb, xb), ab)| {
-                        plan.run(xb, scratch, zb);
-                        wide(|| {
-                            for c in 0..o {
-                                let zp = &zb[c * hw..(c + 1) * hw];
-                                let yp = &mut yb[c * plen..(c + 1) * plen];
-                                if pooling {
-                                    let a = if keep {
-                                        Some(&mut ab[c * plen..(c + 1) * plen])
-                                    } else {
-                                        None
-                                    };
-                                    pool_plane(zp, dims, scale[c], shift[c], self.relu, yp, a);
-                                } else {
-                                    epilogue(yp, zp, scale[c], shift[c], self.relu);
-                                }
-                            }
-                        });
+                        let ab = (pooling && self.keep).then_some(&mut **ab);
+                        self.conv_image(&g, &plan, xb, scratch, zb, yb, ab, (&scale, &shift))
                     },
                 );
         } else if pooling {
@@ -1166,7 +1180,7 @@ mod tests {
     #[test]
     fn vectorized_2x2_pool_equals_the_scalar_one() {
         #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx512f") {
+        if has_avx512f() {
             for (ho, wo) in [(28, 28), (14, 14), (7, 7), (5, 9), (2, 2), (3, 41), (1, 1)] {
                 let mut z = randn(&[ho * wo], 7).to_vec1::<f32>().unwrap();
                 // NaNs and ties: the first-maximum and NaN rules.

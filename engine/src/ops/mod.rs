@@ -36,6 +36,19 @@ pub(crate) fn wide<R>(f: impl FnOnce() -> R) -> R {
     pulp::Arch::new().dispatch(f)
 }
 
+/// True on x86-64 CPUs with AVX-512F (detected at run time, cached by std): the direct
+/// convolution and the vectorized pool run only there.
+pub(crate) fn has_avx512f() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Borrow a contiguous f32 CPU storage slice.
 pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     let (start, end) = l
