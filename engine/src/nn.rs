@@ -582,9 +582,37 @@ impl BatchNorm {
         relu: bool,
         pool: usize,
     ) -> Result<Tensor> {
+        self.fused(conv, x, None, mode, relu, pool)
+    }
+
+    /// `max(0, self(conv(x)) + residual)` as one op (`ops::conv_bn_residual`): the end of a
+    /// ResNet basic block.
+    pub fn forward_conv_add_relu(
+        &self,
+        conv: &Conv2d,
+        x: &Tensor,
+        residual: &Tensor,
+        mode: BnMode,
+    ) -> Result<Tensor> {
+        self.fused(conv, x, Some(residual), mode, true, 1)
+    }
+
+    fn fused(
+        &self,
+        conv: &Conv2d,
+        x: &Tensor,
+        residual: Option<&Tensor>,
+        mode: BnMode,
+        relu: bool,
+        pool: usize,
+    ) -> Result<Tensor> {
         if self.unmix.lock().expect("unmix lock poisoned").is_some() {
             // UnMix-TNS normalizes per instance: the unfused path.
             let h = self.forward(&conv.forward(x)?, mode)?;
+            let h = match residual {
+                Some(r) => (h + r)?,
+                None => h,
+            };
             let h = if relu { h.relu()? } else { h };
             return Ok(if pool > 1 {
                 ops::max_pool2d(&h, pool)?
@@ -593,21 +621,19 @@ impl BatchNorm {
             });
         }
         let (rm, rv) = (self.running_mean.get(), self.running_var.get());
-        let (y, stats) = ops::conv_bn(
-            x,
-            &conv.weight.t(),
-            &self.weight.t(),
-            &self.bias.t(),
-            (&rm, &rv),
-            (mode != BnMode::Eval).then(|| mode.batch_weight()),
-            ops::ConvBnCfg {
-                stride: conv.stride,
-                padding: conv.padding,
-                eps: self.eps,
-                relu,
-                pool,
-            },
-        )?;
+        let cfg = ops::ConvBnCfg {
+            stride: conv.stride,
+            padding: conv.padding,
+            eps: self.eps,
+            relu,
+            pool,
+        };
+        let (w, g, b) = (conv.weight.t(), self.weight.t(), self.bias.t());
+        let batch = (mode != BnMode::Eval).then(|| mode.batch_weight());
+        let (y, stats) = match residual {
+            Some(r) => ops::conv_bn_residual(x, &w, &g, &b, r, (&rm, &rv), batch, cfg)?,
+            None => ops::conv_bn(x, &w, &g, &b, (&rm, &rv), batch, cfg)?,
+        };
         if let Some(stats) = stats {
             self.record(stats, mode, &rm, &rv);
         }

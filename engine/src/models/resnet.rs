@@ -5,7 +5,6 @@
 
 use crate::error::{EngineError, Result};
 use crate::nn::{BatchNorm, BnMode, Conv2d, Linear, VarSource};
-use crate::ops;
 use candle_core::Tensor;
 
 struct Block {
@@ -45,12 +44,12 @@ impl Block {
 
     fn forward(&self, x: &Tensor, mode: BnMode) -> Result<Tensor> {
         let h = self.bn1.forward_conv(&self.conv1, x, mode, true, 1)?;
-        let h = self.bn2.forward_conv(&self.conv2, &h, mode, false, 1)?;
         let s = match &self.shortcut {
             Some((c, b)) => b.forward_conv(c, x, mode, false, 1)?,
             None => x.clone(),
         };
-        Ok(ops::add_relu(&h, &s)?)
+        // relu(bn2(conv2(h)) + s) in one op.
+        self.bn2.forward_conv_add_relu(&self.conv2, &h, &s, mode)
     }
 }
 

@@ -1,4 +1,4 @@
-//! Convolution → BatchNorm (→ ReLU) as one op, and ReLU(a + b), forward and backward.
+//! Convolution → BatchNorm (→ + residual) (→ ReLU) (→ max-pool) as one op, forward and backward.
 //!
 //! Composed from separate ops, one conv-BN-ReLU layer costs, besides its GEMMs, a dozen full
 //! passes over its output per adaptation step: the batch statistics, normalization, ReLU, and in
@@ -20,11 +20,16 @@
 //! The BatchNorm formulas are those of [`super::batchnorm`] (statistics `(1−α)·fixed + α·batch`,
 //! biased batch variance; sums in f64 in a fixed order, so results do not depend on scheduling).
 //! γ and β enter as one (2, C) tensor (`Tensor::stack`), so the op has three inputs.
+//!
+//! With a residual connection ([`conv_bn_residual`], the end of a ResNet basic block) the op
+//! computes `max(0, BN(z) + r)`: the block's sum is never stored, and its ReLU's backward is the
+//! op's first pass, which writes `g = dy·[y > 0]` (the residual's gradient, handed to it
+//! directly) while it sums. Its inputs are then (x, [W; γ; β] flattened, r).
 
 use super::batchnorm::{BnNormalizer, BnStats};
 use super::conv::{im2col, inner_parallelism, matmul, Geometry, Plan, Scratch, WEIGHT_GRAD_CHUNK};
-use super::{f32_slice, has_avx512f, wide, with_f32};
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use super::{f32_slice, has_avx512f, wide_fn, with_f32};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
@@ -63,7 +68,18 @@ struct ConvBnOp {
     /// the largest tensor of the network and costs more to write to and read back from memory
     /// than to compute again.
     recompute: bool,
+    /// With a residual connection `y = max(0, BN(z) + r)`, and the op's three inputs are
+    /// (x, params, r), params = [W flattened; γ; β], W of shape `residual.w_dims` (candle's custom
+    /// ops take at most three inputs). Without, they are (x, W, [γ; β]).
+    residual: Option<Residual>,
     saved: Arc<Mutex<Option<Saved>>>,
+}
+
+#[derive(Clone, Copy)]
+struct Residual {
+    w_dims: [usize; 4],
+    /// Whether W itself needs a gradient (params is tracked as soon as γ or β is).
+    w_tracked: bool,
 }
 
 fn scale_shift(nm: &BnNormalizer, gamma: &[f32], beta: &[f32]) -> (Vec<f32>, Vec<f32>) {
@@ -87,32 +103,85 @@ fn relu_f(v: f32) -> f32 {
     }
 }
 
-/// `dst = max(0, src·scale + shift)` (the affine part alone when `relu` is off).
+/// `dst = max(0, src·scale + shift [+ res])` (the affine part alone when `relu` is off; `res` is
+/// a residual connection added before the ReLU).
 #[inline(always)]
-fn epilogue(dst: &mut [f32], src: &[f32], scale: f32, shift: f32, relu: bool) {
-    if relu {
-        for (d, s) in dst.iter_mut().zip(src) {
-            *d = relu_f(s * scale + shift);
+fn epilogue(dst: &mut [f32], src: &[f32], res: Option<&[f32]>, scale: f32, shift: f32, relu: bool) {
+    match (res, relu) {
+        (None, true) => {
+            for (d, s) in dst.iter_mut().zip(src) {
+                *d = relu_f(s * scale + shift);
+            }
         }
-    } else {
-        for (d, s) in dst.iter_mut().zip(src) {
-            *d = s * scale + shift;
+        (None, false) => {
+            for (d, s) in dst.iter_mut().zip(src) {
+                *d = s * scale + shift;
+            }
+        }
+        (Some(r), true) => {
+            for ((d, s), r) in dst.iter_mut().zip(src).zip(r) {
+                *d = relu_f(s * scale + shift + r);
+            }
+        }
+        (Some(r), false) => {
+            for ((d, s), r) in dst.iter_mut().zip(src).zip(r) {
+                *d = s * scale + shift + r;
+            }
         }
     }
 }
 
 /// [`epilogue`] on the conv output itself.
 #[inline(always)]
-fn epilogue_in_place(p: &mut [f32], scale: f32, shift: f32, relu: bool) {
-    if relu {
-        for v in p.iter_mut() {
-            *v = relu_f(*v * scale + shift);
+fn epilogue_in_place(p: &mut [f32], res: Option<&[f32]>, scale: f32, shift: f32, relu: bool) {
+    match (res, relu) {
+        (None, true) => {
+            for v in p.iter_mut() {
+                *v = relu_f(*v * scale + shift);
+            }
         }
-    } else {
-        for v in p.iter_mut() {
-            *v = *v * scale + shift;
+        (None, false) => {
+            for v in p.iter_mut() {
+                *v = *v * scale + shift;
+            }
+        }
+        (Some(r), true) => {
+            for (v, r) in p.iter_mut().zip(r) {
+                *v = relu_f(*v * scale + shift + r);
+            }
+        }
+        (Some(r), false) => {
+            for (v, r) in p.iter_mut().zip(r) {
+                *v = *v * scale + shift + r;
+            }
         }
     }
+}
+
+/// Lane-wise a + b over 8 f32 lanes. The sums below are written over `[f32; 8]` arrays (8
+/// independent accumulators, added in f64 at the end) in this form — whole arrays built with
+/// `from_fn`, masks as bit operations — because that is what the compiler turns into vector
+/// instructions; indexed per-lane updates of two accumulators, or an `if` per lane, stayed
+/// scalar.
+#[inline(always)]
+fn add8(a: [f32; 8], b: [f32; 8]) -> [f32; 8] {
+    std::array::from_fn(|i| a[i] + b[i])
+}
+
+/// `v` where `keep`, else +0.0, without a branch.
+#[inline(always)]
+fn keep_if(v: f32, keep: bool) -> f32 {
+    f32::from_bits(v.to_bits() & 0u32.wrapping_sub(keep as u32))
+}
+
+/// The two accumulators' lanes, each summed in f64 in lane order. `black_box` keeps the compiler
+/// from pairing lane i of one with lane i of the other into 2-wide vectors for this reduction,
+/// which it then also did in the accumulation loop (scalar code); it changes no value.
+#[inline(always)]
+fn lanes_f64(pair: ([f32; 8], [f32; 8])) -> (f64, f64) {
+    let (a, b) = std::hint::black_box(pair);
+    let sum = |v: [f32; 8]| v.iter().map(|x| *x as f64).sum::<f64>();
+    (sum(a), sum(b))
 }
 
 /// Σ and Σ² of a slice, in f32 over 8 lanes (vectorized), returned in f64. The planes summed
@@ -120,18 +189,12 @@ fn epilogue_in_place(p: &mut [f32], scale: f32, shift: f32, relu: bool) {
 #[inline(always)]
 fn sum_sq(v: &[f32]) -> (f64, f64) {
     let (mut s, mut q) = ([0f32; 8], [0f32; 8]);
-    let chunks = v.chunks_exact(8);
-    let rest = chunks.remainder();
+    let (chunks, rest) = v.as_chunks::<8>();
     for c in chunks {
-        for i in 0..8 {
-            s[i] += c[i];
-            q[i] += c[i] * c[i];
-        }
+        s = add8(s, *c);
+        q = add8(q, std::array::from_fn(|i| c[i] * c[i]));
     }
-    let (mut s, mut q) = (
-        s.iter().map(|v| *v as f64).sum::<f64>(),
-        q.iter().map(|v| *v as f64).sum::<f64>(),
-    );
+    let (mut s, mut q) = lanes_f64((s, q));
     for v in rest {
         s += *v as f64;
         q += (*v as f64) * (*v as f64);
@@ -145,31 +208,52 @@ fn sum_sq(v: &[f32]) -> (f64, f64) {
 #[inline(always)]
 fn grad_sums(dy: &[f32], z: &[f32], (scale, shift): (f32, f32), m: f32, relu: bool) -> (f64, f64) {
     let (mut s, mut t) = ([0f32; 8], [0f32; 8]);
-    let n = dy.len() / 8 * 8;
     let z = &z[..dy.len()];
-    for (d, zv) in dy.chunks_exact(8).zip(z.chunks_exact(8)) {
-        for l in 0..8 {
-            let gv = if !relu || zv[l] * scale + shift > 0.0 {
-                d[l]
-            } else {
-                0.0
-            };
-            s[l] += gv;
-            t[l] += gv * (zv[l] - m);
-        }
+    let ((dc, drest), (zc, zrest)) = (dy.as_chunks::<8>(), z.as_chunks::<8>());
+    let pass = |d: f32, zv: f32| keep_if(d, !relu || zv * scale + shift > 0.0);
+    for (d, zv) in dc.iter().zip(zc) {
+        let g: [f32; 8] = std::array::from_fn(|l| pass(d[l], zv[l]));
+        s = add8(s, g);
+        t = add8(t, std::array::from_fn(|l| g[l] * (zv[l] - m)));
     }
-    let (mut s, mut t) = (
-        s.iter().map(|v| *v as f64).sum::<f64>(),
-        t.iter().map(|v| *v as f64).sum::<f64>(),
-    );
-    for i in n..dy.len() {
-        let gv = if !relu || z[i] * scale + shift > 0.0 {
-            dy[i]
-        } else {
-            0.0
-        };
+    let (mut s, mut t) = lanes_f64((s, t));
+    for (d, zv) in drest.iter().zip(zrest) {
+        let gv = pass(*d, *zv);
         s += gv as f64;
-        t += (gv * (z[i] - m)) as f64;
+        t += (gv * (zv - m)) as f64;
+    }
+    (s, t)
+}
+
+/// With a residual connection the ReLU mask cannot be recomputed from z alone: `g = dy` where the
+/// output `y > 0` (everywhere when `relu` is off) is written to `g` — it is also the residual's
+/// gradient — and Σg, Σg·(z − m) are returned; 8 f32 lanes, as [`grad_sums`].
+#[inline(always)]
+fn masked_grad_sums(
+    dy: &[f32],
+    y: &[f32],
+    z: &[f32],
+    g: &mut [f32],
+    m: f32,
+    relu: bool,
+) -> (f64, f64) {
+    let (mut s, mut t) = ([0f32; 8], [0f32; 8]);
+    let n = dy.len();
+    let (y, z, g) = (&y[..n], &z[..n], &mut g[..n]);
+    let (dc, drest) = dy.as_chunks::<8>();
+    let ((yc, yrest), (zc, zrest)) = (y.as_chunks::<8>(), z.as_chunks::<8>());
+    let (gc, grest) = g.as_chunks_mut::<8>();
+    let pass = |d: f32, yv: f32| keep_if(d, !relu || yv > 0.0);
+    for (((d, yv), zv), gv) in dc.iter().zip(yc).zip(zc).zip(gc.iter_mut()) {
+        *gv = std::array::from_fn(|l| pass(d[l], yv[l]));
+        s = add8(s, *gv);
+        t = add8(t, std::array::from_fn(|l| gv[l] * (zv[l] - m)));
+    }
+    let (mut s, mut t) = lanes_f64((s, t));
+    for (((d, yv), zv), gv) in drest.iter().zip(yrest).zip(zrest).zip(grest.iter_mut()) {
+        *gv = pass(*d, *yv);
+        s += *gv as f64;
+        t += (*gv * (zv - m)) as f64;
     }
     (s, t)
 }
@@ -362,11 +446,215 @@ unsafe fn pool2_avx512(
     }
 }
 
+/// A pooled layer's geometry as the backward loops need it: window k × k over conv planes of
+/// width `wo`, pooled planes `hp` × `wp` (`plen` values); `win[a]` is the offset of window code
+/// `a` from the window's corner.
+#[derive(Clone, Copy)]
+struct PoolGeom<'a> {
+    k: usize,
+    wo: usize,
+    hp: usize,
+    wp: usize,
+    win: &'a [usize],
+}
+
+impl PoolGeom<'_> {
+    fn plen(&self) -> usize {
+        self.hp * self.wp
+    }
+}
+
+wide_fn! {
+    /// [`pool_plane`] for each of the `scale.len()` planes in `z` (`dims` = (ho, wo, k)): `y`
+    /// gets the pooled planes and `arg`, when given, their window codes.
+    fn pool_planes(
+        z: &[f32],
+        dims: (usize, usize, usize),
+        scale: &[f32],
+        shift: &[f32],
+        relu: bool,
+        y: &mut [f32],
+        arg: Option<&mut [u8]>,
+    ) {
+        let (hw, plen) = (dims.0 * dims.1, (dims.0 / dims.2) * (dims.1 / dims.2));
+        let mut arg = arg;
+        for c in 0..scale.len() {
+            let a = arg.as_deref_mut().map(|a| &mut a[c * plen..(c + 1) * plen]);
+            let (zp, yp) = (&z[c * hw..(c + 1) * hw], &mut y[c * plen..(c + 1) * plen]);
+            pool_plane(zp, dims, scale[c], shift[c], relu, yp, a);
+        }
+    }
+}
+
+wide_fn! {
+    /// [`epilogue`] for each of the `scale.len()` planes of `src` into `dst`.
+    fn epilogue_planes(
+        dst: &mut [f32],
+        src: &[f32],
+        res: Option<&[f32]>,
+        scale: &[f32],
+        shift: &[f32],
+        relu: bool,
+    ) {
+        let hw = dst.len() / scale.len().max(1);
+        for c in 0..scale.len() {
+            let r = c * hw..(c + 1) * hw;
+            let rp = res.map(|v| &v[r.clone()]);
+            epilogue(&mut dst[r.clone()], &src[r], rp, scale[c], shift[c], relu);
+        }
+    }
+}
+
+wide_fn! {
+    /// [`epilogue_in_place`] for each of the `scale.len()` planes of `p`.
+    fn epilogue_planes_in_place(
+        p: &mut [f32],
+        res: Option<&[f32]>,
+        scale: &[f32],
+        shift: &[f32],
+        relu: bool,
+    ) {
+        let hw = p.len() / scale.len().max(1);
+        for c in 0..scale.len() {
+            let r = c * hw..(c + 1) * hw;
+            let rp = res.map(|v| &v[r.clone()]);
+            epilogue_in_place(&mut p[r], rp, scale[c], shift[c], relu);
+        }
+    }
+}
+
+wide_fn! {
+    /// Per plane of one image's conv output `z`, (Σz, Σz²) into `out` (one entry per plane).
+    fn plane_sums(z: &[f32], out: &mut [(f64, f64)]) {
+        let hw = z.len() / out.len().max(1);
+        for (c, p) in out.iter_mut().enumerate() {
+            *p = sum_sq(&z[c * hw..(c + 1) * hw]);
+        }
+    }
+}
+
+wide_fn! {
+    /// The backward's first pass for one image: per channel (Σg, Σg·(z − m)) into `out`, g = dy
+    /// where y > 0 (see [`grad_sums`]); with pooling (`arg`: the image's window codes) only the
+    /// kept maxima count, summed in f32 along a pooled row and the rows in f64.
+    fn image_grad_sums(
+        dy: &[f32],
+        z: &[f32],
+        pool: Option<PoolGeom<'_>>,
+        arg: &[u8],
+        ss: (&[f32], &[f32]),
+        mean: &[f32],
+        relu: bool,
+        out: &mut [(f64, f64)],
+    ) {
+        let ((scale, shift), hw) = (ss, z.len() / out.len().max(1));
+        for (c, p) in out.iter_mut().enumerate() {
+            let (zp, mc) = (&z[c * hw..(c + 1) * hw], mean[c]);
+            *p = match pool {
+                Some(pg) => {
+                    let plen = pg.plen();
+                    let (ap, dp) = (&arg[c * plen..(c + 1) * plen], &dy[c * plen..(c + 1) * plen]);
+                    let (mut s, mut t) = (0f64, 0f64);
+                    for oh in 0..pg.hp {
+                        let (mut rs, mut rt) = (0f32, 0f32);
+                        let corner = oh * pg.k * pg.wo;
+                        let rows = ap[oh * pg.wp..(oh + 1) * pg.wp]
+                            .iter()
+                            .zip(&dp[oh * pg.wp..(oh + 1) * pg.wp]);
+                        for (ow, (&a, &d)) in rows.enumerate() {
+                            if a != NO_GRAD {
+                                rs += d;
+                                rt += d * (zp[corner + ow * pg.k + pg.win[a as usize]] - mc);
+                            }
+                        }
+                        s += rs as f64;
+                        t += rt as f64;
+                    }
+                    (s, t)
+                }
+                None => grad_sums(&dy[c * hw..(c + 1) * hw], zp, (scale[c], shift[c]), mc, relu),
+            };
+        }
+    }
+}
+
+wide_fn! {
+    /// The first pass with a residual, for one image: per channel [`masked_grad_sums`] into
+    /// `out`, writing g = dy·[y > 0] into `g`.
+    fn image_masked_sums(
+        dy: &[f32],
+        y: &[f32],
+        z: &[f32],
+        g: &mut [f32],
+        mean: &[f32],
+        relu: bool,
+        out: &mut [(f64, f64)],
+    ) {
+        let hw = z.len() / out.len().max(1);
+        for (c, p) in out.iter_mut().enumerate() {
+            let r = c * hw..(c + 1) * hw;
+            let (d, yp, zp) = (&dy[r.clone()], &y[r.clone()], &z[r.clone()]);
+            *p = masked_grad_sums(d, yp, zp, &mut g[r], mean[c], relu);
+        }
+    }
+}
+
+wide_fn! {
+    /// The BatchNorm input gradient of one image: per channel c with `coef[c]` = (γ·r, (α/M)·Σg,
+    /// (α/M)·r²·Σg(z − m), μ_b), dz = γ·r·[g − (α/M)·Σg − (α/M)·r²·(z − μ_b)·Σg(z − m)], g = dy
+    /// where y > 0 (the mask from z, as in [`grad_sums`]), or routed to the kept maxima.
+    fn image_dz(
+        dy: &[f32],
+        z: &[f32],
+        pool: Option<PoolGeom<'_>>,
+        arg: &[u8],
+        ss: (&[f32], &[f32]),
+        coef: &[(f32, f32, f32, f32)],
+        relu: bool,
+        dz: &mut [f32],
+    ) {
+        let ((scale, shift), hw) = (ss, z.len() / coef.len().max(1));
+        for (c, &(kc, c1, c2, mb)) in coef.iter().enumerate() {
+            let zp = &z[c * hw..(c + 1) * hw];
+            let dst = &mut dz[c * hw..(c + 1) * hw];
+            match pool {
+                Some(pg) => {
+                    for (d, zv) in dst.iter_mut().zip(zp) {
+                        *d = -kc * (c1 + (zv - mb) * c2);
+                    }
+                    let plen = pg.plen();
+                    let (ap, dp) = (&arg[c * plen..(c + 1) * plen], &dy[c * plen..(c + 1) * plen]);
+                    for oh in 0..pg.hp {
+                        let corner = oh * pg.k * pg.wo;
+                        let rows = ap[oh * pg.wp..(oh + 1) * pg.wp]
+                            .iter()
+                            .zip(&dp[oh * pg.wp..(oh + 1) * pg.wp]);
+                        for (ow, (&a, &dv)) in rows.enumerate() {
+                            if a != NO_GRAD {
+                                dst[corner + ow * pg.k + pg.win[a as usize]] += kc * dv;
+                            }
+                        }
+                    }
+                }
+                None => {
+                    let (sc, sh) = (scale[c], shift[c]);
+                    let dp = &dy[c * hw..(c + 1) * hw];
+                    for ((d, dv), zv) in dst.iter_mut().zip(dp).zip(zp) {
+                        let gv = if !relu || zv * sc + sh > 0.0 { *dv } else { 0.0 };
+                        *d = kc * (gv - c1 - (zv - mb) * c2);
+                    }
+                }
+            }
+        }
+    }
+}
+
 impl ConvBnOp {
     /// One image's convolution and, while it is in cache, its epilogue: `yb` gets
     /// `max(0, z·scale + shift)`, pooled when a pool follows (from `zb`, which holds the
     /// convolution then; the window codes into `ab` when given), else computed in place (the
-    /// convolution lands in `yb`, `zb` is unused).
+    /// convolution lands in `yb`, `zb` is unused), with the image's residual `rb` added before
+    /// the ReLU when there is one.
     #[allow(clippy::too_many_arguments)]
     fn conv_image(
         &self,
@@ -376,32 +664,27 @@ impl ConvBnOp {
         scratch: &mut Scratch,
         zb: &mut [f32],
         yb: &mut [f32],
-        mut ab: Option<&mut [u8]>,
+        ab: Option<&mut [u8]>,
+        rb: Option<&[f32]>,
         (scale, shift): (&[f32], &[f32]),
     ) {
         let (hw, plen) = (g.hw_out(), self.pooled(g).0);
         if self.pool > 1 {
             plan.run(xb, scratch, zb);
             let dims = (g.ho, g.wo, self.pool);
-            wide(|| {
-                for c in 0..g.o {
-                    let zp = &zb[c * hw..(c + 1) * hw];
-                    let yp = &mut yb[c * plen..(c + 1) * plen];
-                    let a = ab.as_deref_mut().map(|a| &mut a[c * plen..(c + 1) * plen]);
-                    pool_plane(zp, dims, scale[c], shift[c], self.relu, yp, a);
-                }
-            });
+            let zb = &zb[..g.o * g.hw_out()];
+            pool_planes(zb, dims, scale, shift, self.relu, &mut yb[..g.o * plen], ab);
         } else {
             plan.run(xb, scratch, yb);
-            wide(|| {
-                for ((p, &sc), &sh) in yb.chunks_exact_mut(hw).zip(scale).zip(shift) {
-                    epilogue_in_place(p, sc, sh, self.relu);
-                }
-            });
+            epilogue_planes_in_place(&mut yb[..g.o * hw], rb, scale, shift, self.relu);
         }
     }
 
     fn geometry(&self, xs: &[usize], ws: &[usize]) -> Result<Geometry> {
+        let ws = match &self.residual {
+            Some(r) => &r.w_dims[..],
+            None => ws,
+        };
         let g = Geometry::new(xs, ws, self.stride, self.pad)?;
         if self.fixed_mean.len() != g.o || self.fixed_var.len() != g.o {
             candle_core::bail!(
@@ -439,8 +722,31 @@ impl CustomOp3 for ConvBnOp {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = self.geometry(l1.dims(), l2.dims())?;
-        let (x, w, gb) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let x = f32_slice(s1, l1)?;
         let (o, hw) = (g.o, g.hw_out());
+        let (w, gb, r) = match &self.residual {
+            Some(_) => {
+                let (p, n) = (f32_slice(s2, l2)?, o * g.ck());
+                if p.len() != n + 2 * o {
+                    candle_core::bail!(
+                        "conv_bn: {} parameters for a {o} × {} weight and γ/β",
+                        p.len(),
+                        g.ck()
+                    );
+                }
+                if l3.dims() != [g.b, o, g.ho, g.wo] {
+                    candle_core::bail!(
+                        "conv_bn: residual of shape {:?} for an output of shape {:?}",
+                        l3.dims(),
+                        [g.b, o, g.ho, g.wo]
+                    );
+                }
+                (&p[..n], &p[n..], Some(f32_slice(s3, l3)?))
+            }
+            None => (f32_slice(s2, l2)?, f32_slice(s3, l3)?, None),
+        };
+        let olen = g.out_len();
+        let image_res = |b: usize| r.map(|r| &r[b * olen..(b + 1) * olen]);
         if gb.len() != 2 * o {
             candle_core::bail!("conv_bn: {o} channels but γ/β of {} values", gb.len());
         }
@@ -458,10 +764,12 @@ impl CustomOp3 for ConvBnOp {
             let zlen = if pooling { g.out_len() } else { 0 };
             y.par_chunks_mut(o * plen)
                 .zip(x.par_chunks(g.in_len()))
+                .enumerate()
                 .for_each_init(
                     || (plan.scratch(), vec![0f32; zlen]),
-                    |(scratch, zb), (yb, xb)| {
-                        self.conv_image(&g, &plan, xb, scratch, zb, yb, None, (&scale, &shift))
+                    |(scratch, zb), (b, (yb, xb))| {
+                        let rb = image_res(b);
+                        self.conv_image(&g, &plan, xb, scratch, zb, yb, None, rb, (&scale, &shift))
                     },
                 );
             *self.saved.lock().expect("conv_bn lock") = Some(Saved {
@@ -479,11 +787,7 @@ impl CustomOp3 for ConvBnOp {
         let use_batch = self.use_batch;
         let sums = |zb: &[f32], pb: &mut [(f64, f64)]| {
             if use_batch {
-                wide(|| {
-                    for (c, p) in pb.iter_mut().enumerate() {
-                        *p = sum_sq(&zb[c * hw..(c + 1) * hw]);
-                    }
-                });
+                plane_sums(&zb[..o * hw], pb);
             }
         };
         if recompute {
@@ -552,7 +856,8 @@ impl CustomOp3 for ConvBnOp {
                     || (plan.scratch(), vec![0f32; zlen]),
                     |(scratch, zb), ((yb, xb), ab)| {
                         let ab = (pooling && self.keep).then_some(&mut **ab);
-                        self.conv_image(&g, &plan, xb, scratch, zb, yb, ab, (&scale, &shift))
+                        // (No residual here: see `conv_bn_op`.)
+                        self.conv_image(&g, &plan, xb, scratch, zb, yb, ab, None, (&scale, &shift))
                     },
                 );
         } else if pooling {
@@ -569,7 +874,8 @@ impl CustomOp3 for ConvBnOp {
                 .for_each(|(i, ((yp, zp), ap))| {
                     let c = i % o;
                     let a = if keep { Some(&mut **ap) } else { None };
-                    wide(|| pool_plane(zp, dims, scale[c], shift[c], self.relu, yp, a));
+                    let (sc, sh) = (&scale[c..c + 1], &shift[c..c + 1]);
+                    pool_planes(zp, dims, sc, sh, self.relu, yp, a);
                 });
         } else {
             y.par_chunks_mut(hw)
@@ -577,7 +883,9 @@ impl CustomOp3 for ConvBnOp {
                 .enumerate()
                 .for_each(|(i, (yp, zp))| {
                     let c = i % o;
-                    wide(|| epilogue(yp, zp, scale[c], shift[c], self.relu))
+                    let rp = r.map(|r| &r[i * hw..(i + 1) * hw]);
+                    let (sc, sh) = (&scale[c..c + 1], &shift[c..c + 1]);
+                    epilogue_planes(yp, zp, rp, sc, sh, self.relu)
                 });
         }
         *self.saved.lock().expect("conv_bn lock") = Some(Saved {
@@ -594,9 +902,10 @@ impl CustomOp3 for ConvBnOp {
         x: &Tensor,
         w: &Tensor,
         gb: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // With a residual, `w` is the packed [W; γ; β] and `gb` the residual (see `residual`).
         let g = self.geometry(x.dims(), w.dims())?;
         let guard = self.saved.lock().expect("conv_bn lock");
         let saved = match guard.as_ref() {
@@ -611,12 +920,27 @@ impl CustomOp3 for ConvBnOp {
         // Offset in the conv output plane of window code a from the window's corner, and the
         // corner of pooled output (oh, ow): oh·k·wo + ow·k.
         let win: Vec<usize> = (0..k * k).map(|a| (a / k) * wo + a % k).collect();
-        let gamma = gb.get(0)?.to_vec1::<f32>()?;
-        let beta = gb.get(1)?.to_vec1::<f32>()?;
+        let pool = pooling.then_some(PoolGeom {
+            k,
+            wo,
+            hp,
+            wp,
+            win: &win,
+        });
+        let n = o * ck;
+        let (gamma, beta) = if self.residual.is_some() {
+            let p = w.flatten_all()?.to_vec1::<f32>()?;
+            (p[n..n + o].to_vec(), p[n + o..].to_vec())
+        } else {
+            (gb.get(0)?.to_vec1::<f32>()?, gb.get(1)?.to_vec1::<f32>()?)
+        };
         // The forward's scale and shift (γ and β have not changed since): the ReLU mask.
         let (scale, shift) = scale_shift(nm, &gamma, &beta);
-        let relu = self.relu;
-        let (x_tr, w_tr) = (x.track_op(), w.track_op());
+        let x_tr = x.track_op();
+        let (w_tr, r_tr) = match &self.residual {
+            Some(r) => (r.w_tracked, gb.track_op()),
+            None => (w.track_op(), false),
+        };
         // A recomputing layer's input and weight are frozen (see `conv_bn`): only γ and β get
         // gradients, and z comes from the convolution of x again, image by image.
         let (xr, wr) = if self.recompute {
@@ -631,54 +955,53 @@ impl CustomOp3 for ConvBnOp {
             (vec![], vec![])
         };
         let replan = self.recompute.then(|| Plan::forward(&g, &wr));
+        let olen = g.out_len();
+        // With a residual, pass 1 (below) reads the mask from y and writes g = dy·[y > 0]: the
+        // residual's gradient, and what the rest of the backward reads instead of dy.
+        let masked = match self.residual {
+            Some(_) => Some(with_f32(dy, |dyv| {
+                with_f32(res, |yv| {
+                    let mut gm = vec![0f32; dyv.len()];
+                    let mut partial = vec![(0f64, 0f64); g.b * o];
+                    gm.par_chunks_mut(olen)
+                        .zip(partial.par_chunks_mut(o))
+                        .enumerate()
+                        .for_each(|(b, (gi, pb))| {
+                            let r = b * olen..(b + 1) * olen;
+                            let (d, y, zb) = (&dyv[r.clone()], &yv[r.clone()], &z[r]);
+                            image_masked_sums(d, y, zb, gi, &nm.mean, self.relu, pb);
+                        });
+                    Ok((gm, partial))
+                })
+            })?),
+            None => None,
+        };
         let out = with_f32(dy, |dyv| {
-            // Pass 1: per image and channel Σg and Σg·(z − m), g = dy where y > 0.
-            let mut partial = vec![(0f64, 0f64); g.b * o];
-            let olen = g.out_len();
-            partial.par_chunks_mut(o).enumerate().for_each_init(
-                || replan.as_ref().map(|p| (p.scratch(), vec![0f32; olen])),
-                |again, (b, pb)| {
-                    let zimg: &[f32] = match (again.as_mut(), &replan) {
-                        (Some((scratch, zb)), Some(p)) => {
-                            p.run(&xr[b * g.in_len()..(b + 1) * g.in_len()], scratch, zb);
-                            zb
-                        }
-                        _ => &z[b * olen..(b + 1) * olen],
-                    };
-                    wide(|| {
-                        for (c, p) in pb.iter_mut().enumerate() {
-                            let plane = b * o + c;
-                            let zp = &zimg[c * hw..(c + 1) * hw];
-                            let mc = nm.mean[c];
-                            *p = if pooling {
-                                // In f32 along a pooled row, rows added in f64.
-                                let (mut s, mut t) = (0f64, 0f64);
-                                let ap = &arg[plane * plen..(plane + 1) * plen];
-                                let dp = &dyv[plane * plen..(plane + 1) * plen];
-                                for oh in 0..hp {
-                                    let (mut rs, mut rt) = (0f32, 0f32);
-                                    let corner = oh * k * wo;
-                                    let rows = ap[oh * wp..(oh + 1) * wp]
-                                        .iter()
-                                        .zip(&dp[oh * wp..(oh + 1) * wp]);
-                                    for (ow, (&a, &d)) in rows.enumerate() {
-                                        if a != NO_GRAD {
-                                            rs += d;
-                                            rt += d * (zp[corner + ow * k + win[a as usize]] - mc);
-                                        }
-                                    }
-                                    s += rs as f64;
-                                    t += rt as f64;
-                                }
-                                (s, t)
-                            } else {
-                                let r = plane * hw..(plane + 1) * hw;
-                                grad_sums(&dyv[r], zp, (scale[c], shift[c]), mc, relu)
-                            };
-                        }
-                    })
-                },
-            );
+            let (dyv, relu, partial) = if let Some((gm, partial)) = &masked {
+                (&gm[..], false, partial.clone())
+            } else {
+                // Pass 1: per image and channel Σg and Σg·(z − m), g = dy where y > 0.
+                let relu = self.relu;
+                let mut partial = vec![(0f64, 0f64); g.b * o];
+                partial.par_chunks_mut(o).enumerate().for_each_init(
+                    || replan.as_ref().map(|p| (p.scratch(), vec![0f32; olen])),
+                    |again, (b, pb)| {
+                        let zimg: &[f32] = match (again.as_mut(), &replan) {
+                            (Some((scratch, zb)), Some(p)) => {
+                                p.run(&xr[b * g.in_len()..(b + 1) * g.in_len()], scratch, zb);
+                                zb
+                            }
+                            _ => &z[b * olen..(b + 1) * olen],
+                        };
+                        let (dl, al) = if pooling { (plen, plen) } else { (hw, 0) };
+                        let dyb = &dyv[b * o * dl..(b + 1) * o * dl];
+                        let ab = &arg[b * o * al..(b + 1) * o * al];
+                        let ss = (&scale[..], &shift[..]);
+                        image_grad_sums(dyb, zimg, pool, ab, ss, &nm.mean, relu, pb);
+                    },
+                );
+                (dyv, relu, partial)
+            };
             let (mut sdy, mut sdyx) = (vec![0f64; o], vec![0f64; o]);
             for b in 0..g.b {
                 for c in 0..o {
@@ -705,46 +1028,16 @@ impl CustomOp3 for ConvBnOp {
                 })
                 .collect();
             let dz_image = |b: usize, dzb: &mut [f32]| {
-                wide(|| {
-                    for (c, &(kc, c1, c2, mb)) in coef.iter().enumerate() {
-                        let plane = b * o + c;
-                        let zp = &z[plane * hw..(plane + 1) * hw];
-                        let dst = &mut dzb[c * hw..(c + 1) * hw];
-                        if pooling {
-                            for (d, zv) in dst.iter_mut().zip(zp) {
-                                *d = -kc * (c1 + (zv - mb) * c2);
-                            }
-                            let ap = &arg[plane * plen..(plane + 1) * plen];
-                            let dp = &dyv[plane * plen..(plane + 1) * plen];
-                            for oh in 0..hp {
-                                let corner = oh * k * wo;
-                                let rows = ap[oh * wp..(oh + 1) * wp]
-                                    .iter()
-                                    .zip(&dp[oh * wp..(oh + 1) * wp]);
-                                for (ow, (&a, &dv)) in rows.enumerate() {
-                                    if a != NO_GRAD {
-                                        dst[corner + ow * k + win[a as usize]] += kc * dv;
-                                    }
-                                }
-                            }
-                        } else {
-                            let (sc, sh) = (scale[c], shift[c]);
-                            let dp = &dyv[plane * hw..(plane + 1) * hw];
-                            for ((d, dv), zv) in dst.iter_mut().zip(dp).zip(zp) {
-                                let gv = if !relu || zv * sc + sh > 0.0 {
-                                    *dv
-                                } else {
-                                    0.0
-                                };
-                                *d = kc * (gv - c1 - (zv - mb) * c2);
-                            }
-                        }
-                    }
-                })
+                let (dl, al) = if pooling { (plen, plen) } else { (hw, 0) };
+                let dyb = &dyv[b * o * dl..(b + 1) * o * dl];
+                let ab = &arg[b * o * al..(b + 1) * o * al];
+                let zb = &z[b * olen..(b + 1) * olen];
+                image_dz(dyb, zb, pool, ab, (&scale, &shift), &coef, relu, dzb);
             };
             let par = inner_parallelism(g.b);
             let cols_len = if g.pointwise() { 0 } else { ck * hw };
             with_f32(w, |wv| {
+                let wv = &wv[..n];
                 with_f32(x, |xv| {
                     let mut dx = vec![0f32; if x_tr { g.b * g.in_len() } else { 0 }];
                     let plan = Plan::input_grad(&g, wv);
@@ -804,9 +1097,23 @@ impl CustomOp3 for ConvBnOp {
             })
         })?;
         let (dx, dw, dgb) = out;
+        let dx = dx
+            .map(|v| Tensor::from_vec(v, x.shape(), x.device()))
+            .transpose()?;
+        if self.residual.is_some() {
+            // d[W; γ; β] (zeros for a frozen W), and the residual's gradient g.
+            let dp = w.track_op().then(|| {
+                let mut v = dw.unwrap_or_else(|| vec![0f32; n]);
+                v.extend(dgb);
+                Tensor::from_vec(v, w.shape(), w.device())
+            });
+            let dr = masked
+                .filter(|_| r_tr)
+                .map(|(gm, _)| Tensor::from_vec(gm, gb.shape(), gb.device()));
+            return Ok((dx, dp.transpose()?, dr.transpose()?));
+        }
         Ok((
-            dx.map(|v| Tensor::from_vec(v, x.shape(), x.device()))
-                .transpose()?,
+            dx,
             dw.map(|v| Tensor::from_vec(v, w.shape(), w.device()))
                 .transpose()?,
             if gb.track_op() {
@@ -842,6 +1149,42 @@ pub fn conv_bn(
     w: &Tensor,
     gamma: &Tensor,
     beta: &Tensor,
+    fixed: (&[f32], &[f32]),
+    batch: Option<f32>,
+    cfg: ConvBnCfg,
+) -> Result<(Tensor, Option<BnStats>)> {
+    conv_bn_op(x, w, gamma, beta, None, fixed, batch, cfg)
+}
+
+/// [`conv_bn`] with a residual connection added after the normalization and before the ReLU:
+/// `max(0, BN(conv(x, w)) + residual)` (without `cfg.relu`, `BN(conv(x, w)) + residual`) — the
+/// second half of a ResNet basic block, in one op: the block's sum is never stored, and the
+/// backward hands the masked gradient to the residual directly. `residual` has the output's
+/// shape; no pooling.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_bn_residual(
+    x: &Tensor,
+    w: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    residual: &Tensor,
+    fixed: (&[f32], &[f32]),
+    batch: Option<f32>,
+    cfg: ConvBnCfg,
+) -> Result<(Tensor, Option<BnStats>)> {
+    if cfg.pool > 1 {
+        candle_core::bail!("conv_bn_residual: no pooling after a residual connection");
+    }
+    conv_bn_op(x, w, gamma, beta, Some(residual), fixed, batch, cfg)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conv_bn_op(
+    x: &Tensor,
+    w: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    residual: Option<&Tensor>,
     (fixed_mean, fixed_var): (&[f32], &[f32]),
     batch: Option<f32>,
     cfg: ConvBnCfg,
@@ -859,6 +1202,9 @@ pub fn conv_bn(
             batch.unwrap_or(0.0),
             cfg.eps,
         )?;
+        if let Some(r) = residual {
+            y = (y + r)?;
+        }
         if cfg.relu {
             y = y.relu()?;
         }
@@ -868,9 +1214,14 @@ pub fn conv_bn(
         return Ok((y, stats));
     }
     let gb = Tensor::stack(&[gamma, beta], 0)?;
-    let keep = x.track_op() || w.track_op() || gb.track_op();
+    let r_tracked = residual.is_some_and(|r| r.track_op());
+    let keep = x.track_op() || w.track_op() || gb.track_op() || r_tracked;
     let ck = w.dims().iter().skip(1).product::<usize>();
-    let recompute = !x.track_op() && !w.track_op() && ck <= RECOMPUTE_MAX_CK;
+    let recompute = residual.is_none() && !x.track_op() && !w.track_op() && ck <= RECOMPUTE_MAX_CK;
+    let w_dims: [usize; 4] = w
+        .dims()
+        .try_into()
+        .map_err(|_| candle_core::Error::Msg(format!("conv_bn: weight of shape {:?}", w.dims())))?;
     let saved = Arc::new(Mutex::new(None));
     let op = ConvBnOp {
         stride: cfg.stride,
@@ -884,13 +1235,24 @@ pub fn conv_bn(
         eps: cfg.eps,
         keep,
         recompute,
+        residual: residual.map(|_| Residual {
+            w_dims,
+            w_tracked: w.track_op(),
+        }),
         saved: saved.clone(),
     };
-    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    let x = x.contiguous()?;
+    let (a2, a3) = match residual {
+        Some(r) => (
+            Tensor::cat(&[&w.flatten_all()?, &gb.flatten_all()?], 0)?,
+            r.contiguous()?,
+        ),
+        None => (w.contiguous()?, gb),
+    };
     let y = if keep {
-        x.apply_op3(&w, &gb, op)?
+        x.apply_op3(&a2, &a3, op)?
     } else {
-        x.apply_op3_no_bwd(&w, &gb, &op)?
+        x.apply_op3_no_bwd(&a2, &a3, &op)?
     };
     let stats = saved
         .lock()
@@ -898,82 +1260,6 @@ pub fn conv_bn(
         .as_mut()
         .and_then(|s| s.stats.take());
     Ok((y, stats))
-}
-
-struct AddRelu;
-
-impl CustomOp2 for AddRelu {
-    fn name(&self) -> &'static str {
-        "attune-add-relu"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (a, b) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
-        if l1.dims() != l2.dims() {
-            candle_core::bail!(
-                "add_relu: shapes {:?} and {:?} differ",
-                l1.dims(),
-                l2.dims()
-            );
-        }
-        let mut y = vec![0f32; a.len()];
-        y.par_chunks_mut(1 << 14)
-            .zip(a.par_chunks(1 << 14).zip(b.par_chunks(1 << 14)))
-            .for_each(|(d, (a, b))| {
-                wide(|| {
-                    for ((d, a), b) in d.iter_mut().zip(a).zip(b) {
-                        *d = relu_f(a + b);
-                    }
-                })
-            });
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        a: &Tensor,
-        b: &Tensor,
-        res: &Tensor,
-        dy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = with_f32(res, |y| {
-            with_f32(dy, |d| {
-                let mut g = vec![0f32; y.len()];
-                g.par_chunks_mut(1 << 14)
-                    .zip(y.par_chunks(1 << 14).zip(d.par_chunks(1 << 14)))
-                    .for_each(|(g, (y, d))| {
-                        wide(|| {
-                            for ((g, y), d) in g.iter_mut().zip(y).zip(d) {
-                                *g = if *y > 0.0 { *d } else { 0.0 };
-                            }
-                        })
-                    });
-                Ok(g)
-            })
-        })?;
-        let g = Tensor::from_vec(g, a.shape(), a.device())?;
-        Ok((a.track_op().then(|| g.clone()), b.track_op().then_some(g)))
-    }
-}
-
-/// `max(0, a + b)` (a residual connection followed by ReLU) as one op.
-pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if a.device().is_cpu() && a.dtype() == candle_core::DType::F32 {
-        let (a, b) = (a.contiguous()?, b.contiguous()?);
-        if a.track_op() || b.track_op() {
-            a.apply_op2(&b, AddRelu)
-        } else {
-            a.apply_op2_no_bwd(&b, &AddRelu)
-        }
-    } else {
-        (a + b)?.relu()
-    }
 }
 
 #[cfg(test)]
@@ -1459,31 +1745,269 @@ mod tests {
         }
     }
 
-    #[test]
-    fn add_relu_matches_composed_and_routes_gradients() {
-        let a = Var::from_tensor(&randn(&[2, 3, 4, 4], 1)).unwrap();
-        let b = Var::from_tensor(&randn(&[2, 3, 4, 4], 2)).unwrap();
-        let up = randn(&[2, 3, 4, 4], 3);
-        let y = add_relu(a.as_tensor(), b.as_tensor()).unwrap();
-        let y_ref = (a.as_tensor() + b.as_tensor()).unwrap().relu().unwrap();
-        assert_close(&y, &y_ref, 1e-6, "forward");
-        let g = (&y * &up).unwrap().sum_all().unwrap().backward().unwrap();
-        let g_ref = (&y_ref * &up)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        for v in [&a, &b] {
-            assert_close(g.get(v).unwrap(), g_ref.get(v).unwrap(), 1e-6, "grad");
+    /// `conv_bn_residual` against the composed reference plus the residual (and ReLU): the
+    /// forward, the statistics, and the gradients of x, W, γ, β and the residual, as tracked.
+    fn check_residual(
+        dims: [usize; 4],
+        o: usize,
+        batch: Option<f32>,
+        relu: bool,
+        track: [bool; 3],
+    ) {
+        let [b, c, h, w_] = dims;
+        let x = Var::from_tensor(&randn(&dims, 11)).unwrap();
+        let w = Var::from_tensor(&(randn(&[o, c, 3, 3], 12) * 0.4).unwrap()).unwrap();
+        let gamma = Var::from_tensor(&randn(&[o], 13).affine(0.3, 1.0).unwrap()).unwrap();
+        let beta = Var::from_tensor(&randn(&[o], 14).affine(0.3, 0.1).unwrap()).unwrap();
+        let r = Var::from_tensor(&randn(&[b, o, h, w_], 15)).unwrap();
+        let fm: Vec<f32> = (0..o).map(|i| 0.1 * i as f32 - 0.2).collect();
+        let fv: Vec<f32> = (0..o).map(|i| 1.5 + 0.3 * i as f32).collect();
+        let pick = |v: &Var, t: bool| {
+            if t {
+                v.as_tensor().clone()
+            } else {
+                v.as_tensor().detach()
+            }
+        };
+        let (xt, wt, rt) = (pick(&x, track[0]), pick(&w, track[1]), pick(&r, track[2]));
+        let (gt, bt) = (gamma.as_tensor(), beta.as_tensor());
+        let (y, stats) = conv_bn_residual(
+            &xt,
+            &wt,
+            gt,
+            bt,
+            &rt,
+            (&fm, &fv),
+            batch,
+            cfg((1, 1), relu, 1),
+        )
+        .unwrap();
+        let (use_batch, alpha) = (batch.is_some(), batch.unwrap_or(0.0));
+        let pre = reference(
+            &xt,
+            &wt,
+            gt,
+            bt,
+            (1, 1),
+            (&fm, &fv),
+            use_batch,
+            alpha,
+            false,
+            1,
+        );
+        let y_ref = (pre + &rt).unwrap();
+        let y_ref = if relu { y_ref.relu().unwrap() } else { y_ref };
+        assert_close(&y, &y_ref, 1e-4, "forward");
+        assert_eq!(stats.is_some(), use_batch);
+        if let Some(s) = stats {
+            let want = BnStats::of(&xt.conv2d(&wt, 1, 1, 1, 1).unwrap()).unwrap();
+            for ch in 0..o {
+                assert!((s.mean[ch] - want.mean[ch]).abs() < 1e-5);
+            }
         }
-        // By hand: relu(1 + (−3)) = 0 gets no gradient; relu(2 + 1) = 3 passes it.
-        let a = Var::new(&[1f32, 2.0], &Device::Cpu).unwrap();
-        let b = Tensor::new(&[-3f32, 1.0], &Device::Cpu).unwrap();
-        let y = add_relu(a.as_tensor(), &b).unwrap();
-        assert_eq!(y.to_vec1::<f32>().unwrap(), vec![0.0, 3.0]);
+        let up = randn(y.dims(), 16);
+        let loss = |y: &Tensor| (y * &up).unwrap().sum_all().unwrap();
+        let (gr, gr_ref) = (
+            loss(&y).backward().unwrap(),
+            loss(&y_ref).backward().unwrap(),
+        );
+        for (name, v, tracked) in [
+            ("dx", &x, track[0]),
+            ("dw", &w, track[1]),
+            ("dgamma", &gamma, true),
+            ("dbeta", &beta, true),
+            ("dresidual", &r, track[2]),
+        ] {
+            match (gr.get(v), gr_ref.get(v)) {
+                (Some(a), Some(b)) => assert_close(a, b, 5e-4, name),
+                (None, None) => assert!(!tracked, "{name}: no gradient"),
+                (a, b) => panic!(
+                    "{name}: fused {:?} vs reference {:?}",
+                    a.is_some(),
+                    b.is_some()
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn residual_block_end_matches_composed_ops() {
+        // TENT in a ResNet's identity block: input and residual tracked, weight frozen; 7×7 and
+        // 12×12 planes take the direct kernel (on AVX-512), 5×5 im2col + GEMM.
+        for hw in [5, 7, 12] {
+            check_residual([3, 4, hw, hw], 4, Some(1.0), true, [true, false, true]);
+        }
+        // Every input tracked, more images than one weight-gradient chunk.
+        check_residual([10, 3, 6, 6], 5, Some(1.0), true, [true, true, true]);
+        // α-mixed and fixed statistics, no ReLU, frozen residual or frozen input.
+        check_residual([4, 4, 7, 7], 4, Some(0.3), false, [true, false, false]);
+        check_residual([4, 4, 7, 7], 4, None, true, [false, false, true]);
+    }
+
+    #[test]
+    fn residual_eval_without_gradients_matches() {
+        // Nothing tracked and fixed statistics: the epilogue (with the residual) right after
+        // each image's convolution.
+        let (x, w) = (
+            randn(&[3, 4, 9, 9], 21),
+            (randn(&[6, 4, 3, 3], 22) * 0.4).unwrap(),
+        );
+        let (g, b) = (randn(&[6], 23).affine(0.2, 1.0).unwrap(), randn(&[6], 24));
+        let r = randn(&[3, 6, 9, 9], 25);
+        let (fm, fv) = (vec![0.1f32; 6], vec![2.0f32; 6]);
+        let (y, stats) =
+            conv_bn_residual(&x, &w, &g, &b, &r, (&fm, &fv), None, cfg((1, 1), true, 1)).unwrap();
+        assert!(stats.is_none());
+        let pre = reference(&x, &w, &g, &b, (1, 1), (&fm, &fv), false, 0.0, false, 1);
+        assert_close(
+            &y,
+            &(pre + &r).unwrap().relu().unwrap(),
+            1e-4,
+            "eval forward",
+        );
+    }
+
+    #[test]
+    fn residual_below_zero_blocks_every_gradient() {
+        // By hand: with a residual of −1000 every output is a ReLU zero, so nothing receives a
+        // gradient (γ, β, x and the residual get exact zeros).
+        let x = Var::from_tensor(&randn(&[2, 4, 7, 7], 31)).unwrap();
+        let w = (randn(&[4, 4, 3, 3], 32) * 0.4).unwrap();
+        let gamma = Var::new(&[1f32, 0.5, 2.0, 1.0], &Device::Cpu).unwrap();
+        let beta = Var::new(&[0f32, 0.1, -0.1, 0.0], &Device::Cpu).unwrap();
+        let r =
+            Var::from_tensor(&Tensor::full(-1000f32, (2, 4, 7, 7), &Device::Cpu).unwrap()).unwrap();
+        let (fm, fv) = (vec![0f32; 4], vec![1f32; 4]);
+        let (y, _) = conv_bn_residual(
+            x.as_tensor(),
+            &w,
+            gamma.as_tensor(),
+            beta.as_tensor(),
+            r.as_tensor(),
+            (&fm, &fv),
+            Some(1.0),
+            cfg((1, 1), true, 1),
+        )
+        .unwrap();
+        assert_eq!(
+            y.abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+            0.0
+        );
         let g = y.sum_all().unwrap().backward().unwrap();
-        assert_eq!(g.get(&a).unwrap().to_vec1::<f32>().unwrap(), vec![0.0, 1.0]);
-        assert!(g.get(&b).is_none());
+        for v in [&x, &gamma, &beta, &r] {
+            let s = g.get(v).unwrap().abs().unwrap().sum_all().unwrap();
+            assert_eq!(s.to_scalar::<f32>().unwrap(), 0.0);
+        }
+        // A pool after a residual is refused, with a message.
+        let err = conv_bn_residual(
+            x.as_tensor(),
+            &w,
+            gamma.as_tensor(),
+            beta.as_tensor(),
+            r.as_tensor(),
+            (&fm, &fv),
+            Some(1.0),
+            cfg((1, 1), true, 2),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("no pooling after a residual"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn every_simd_level_gives_the_same_bits() {
+        use crate::ops::FORCE_SIMD_LEVEL;
+        use std::sync::atomic::Ordering;
+        // A pooled layer with a tracked input and weight, and a residual one: forward values
+        // and every gradient, bit for bit, at each vector level this CPU has.
+        let run = || {
+            let x = Var::from_tensor(&randn(&[3, 4, 10, 10], 41)).unwrap();
+            let w = Var::from_tensor(&(randn(&[5, 4, 3, 3], 42) * 0.4).unwrap()).unwrap();
+            let w2 = Var::from_tensor(&(randn(&[5, 5, 3, 3], 43) * 0.4).unwrap()).unwrap();
+            let g = Var::from_tensor(&randn(&[5], 44).affine(0.3, 1.0).unwrap()).unwrap();
+            let b = Var::from_tensor(&randn(&[5], 45)).unwrap();
+            let st = (vec![0.1f32; 5], vec![1.5f32; 5]);
+            let (xt, gt, bt) = (x.as_tensor(), g.as_tensor(), b.as_tensor());
+            let (h, _) = conv_bn(
+                xt,
+                w.as_tensor(),
+                gt,
+                bt,
+                (&st.0, &st.1),
+                Some(1.0),
+                cfg((1, 1), true, 1),
+            )
+            .unwrap();
+            let (p, _) = conv_bn(
+                xt,
+                w.as_tensor(),
+                gt,
+                bt,
+                (&st.0, &st.1),
+                Some(1.0),
+                cfg((1, 1), true, 2),
+            )
+            .unwrap();
+            let (y, _) = conv_bn_residual(
+                &h,
+                w2.as_tensor(),
+                gt,
+                bt,
+                &h,
+                (&st.0, &st.1),
+                Some(1.0),
+                cfg((1, 1), true, 1),
+            )
+            .unwrap();
+            let loss = ((&y * randn(y.dims(), 46)).unwrap().sum_all().unwrap()
+                + (&p * randn(p.dims(), 47)).unwrap().sum_all().unwrap())
+            .unwrap();
+            let grads = loss.backward().unwrap();
+            let mut bits = vec![];
+            for t in [&y, &p] {
+                bits.extend(t.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            }
+            for v in [&x, &w, &w2, &g, &b] {
+                bits.extend(
+                    grads
+                        .get(v)
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<f32>()
+                        .unwrap(),
+                );
+            }
+            bits.iter().map(|v| v.to_bits()).collect::<Vec<u32>>()
+        };
+        let levels: Vec<u8> = (1..=3)
+            .filter(|l| {
+                FORCE_SIMD_LEVEL.store(*l, Ordering::Relaxed);
+                crate::ops::simd_level() as u8 + 1 == *l
+            })
+            .collect();
+        let results: Vec<Vec<u32>> = levels
+            .iter()
+            .map(|l| {
+                FORCE_SIMD_LEVEL.store(*l, Ordering::Relaxed);
+                run()
+            })
+            .collect();
+        FORCE_SIMD_LEVEL.store(0, Ordering::Relaxed);
+        assert!(levels.contains(&3), "the baseline always runs");
+        for (l, r) in levels.iter().zip(&results).skip(1) {
+            assert!(
+                r == &results[0],
+                "level {l} differs from level {}",
+                levels[0]
+            );
+        }
     }
 }

@@ -21,19 +21,102 @@ pub mod pool;
 
 pub use batchnorm::{batch_norm, BnStats};
 pub use conv::conv2d;
-pub use fused::{add_relu, conv_bn, ConvBnCfg};
+pub use fused::{conv_bn, conv_bn_residual, ConvBnCfg};
 pub use pool::max_pool2d;
 
 use candle_core::{CpuStorage, Layout, Result, Storage, Tensor};
 
-/// Run `f` compiled for the widest vector instructions this CPU has (AVX-512, or AVX2 + FMA;
-/// detected at run time, the baseline otherwise): the element-wise loops of the kernels below are
-/// vectorized at that width when they are `#[inline(always)]` into `f`. The arithmetic is the
-/// same on every path (Rust never contracts a·b + c into an FMA), so results do not depend on
-/// which one runs.
-#[inline(always)]
-pub(crate) fn wide<R>(f: impl FnOnce() -> R) -> R {
-    pulp::Arch::new().dispatch(f)
+/// `wide_fn! { fn name(args) -> R { body } }` defines `name`, whose body is compiled three times
+/// — for AVX-512 (F, BW, DQ, VL), for AVX2 + FMA, and for the baseline — and run at the widest
+/// level this CPU has (detected at run time, cached by std): the element-wise loops of the
+/// kernels are vectorized at that width. The body is an `#[inline(always)]` function called from
+/// `#[target_feature]` wrappers, which is what makes the compiler generate it for those
+/// features; a closure handed to a dispatcher would be compiled once, for the baseline, and
+/// called out of line. The arithmetic is the same on every level (Rust never contracts a·b + c
+/// into an FMA, nor reorders float sums), so results do not depend on which one runs.
+macro_rules! wide_fn {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$meta])*
+        #[allow(clippy::too_many_arguments)]
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            fn body($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn v4($($arg: $ty),*) $(-> $ret)? {
+                    body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn v3($($arg: $ty),*) $(-> $ret)? {
+                    body($($arg),*)
+                }
+                match $crate::ops::simd_level() {
+                    // SAFETY: the CPU has the features these were compiled for (checked at run
+                    // time by `simd_level`).
+                    $crate::ops::SimdLevel::V4 => return unsafe { v4($($arg),*) },
+                    $crate::ops::SimdLevel::V3 => return unsafe { v3($($arg),*) },
+                    $crate::ops::SimdLevel::Baseline => {}
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+pub(crate) use wide_fn;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SimdLevel {
+    V4,
+    V3,
+    Baseline,
+}
+
+/// Tests set this (1 = V4, 2 = V3, 3 = baseline) to run [`wide_fn`]s at a lower level than the
+/// CPU's; 0 = the CPU's own.
+#[cfg(test)]
+pub(crate) static FORCE_SIMD_LEVEL: std::sync::atomic::AtomicU8 =
+    std::sync::atomic::AtomicU8::new(0);
+
+/// The widest level of [`wide_fn`] this CPU runs.
+#[inline]
+pub(crate) fn simd_level() -> SimdLevel {
+    let cpu = cpu_simd_level();
+    #[cfg(test)]
+    {
+        use std::sync::atomic::Ordering;
+        let forced = match FORCE_SIMD_LEVEL.load(Ordering::Relaxed) {
+            1 => SimdLevel::V4,
+            2 => SimdLevel::V3,
+            3 => SimdLevel::Baseline,
+            _ => cpu,
+        };
+        // Never above what the CPU has.
+        return if (forced as u8) < (cpu as u8) {
+            cpu
+        } else {
+            forced
+        };
+    }
+    #[allow(unreachable_code)]
+    cpu
+}
+
+fn cpu_simd_level() -> SimdLevel {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx512f") && has!("avx512bw") && has!("avx512dq") && has!("avx512vl") {
+            return SimdLevel::V4;
+        }
+        if has!("avx2") && has!("fma") {
+            return SimdLevel::V3;
+        }
+    }
+    SimdLevel::Baseline
 }
 
 /// True on x86-64 CPUs with AVX-512F (detected at run time, cached by std): the direct
