@@ -28,12 +28,12 @@ if ! command -v cargo >/dev/null; then
   done
 fi
 if ! command -v cargo >/dev/null; then
-  log "cargo not found: install a Rust toolchain (1.85 or newer) with rustup, then re-run"
+  log "cargo not found: install a Rust toolchain (1.89 or newer) with rustup, then re-run"
   exit 1
 fi
 ver=$(cargo --version | awk '{print $2}')
-if [[ "$(printf '%s\n1.85.0\n' "$ver" | sort -V | head -n1)" != "1.85.0" ]]; then
-  log "cargo $ver is too old: Attune needs Rust 1.85 or newer"
+if [[ "$(printf '%s\n1.89.0\n' "$ver" | sort -V | head -n1)" != "1.89.0" ]]; then
+  log "cargo $ver is too old: Attune needs Rust 1.89 or newer"
   exit 1
 fi
 if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
