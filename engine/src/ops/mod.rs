@@ -69,6 +69,7 @@ macro_rules! wide_fn {
 pub(crate) use wide_fn;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) enum SimdLevel {
     V4,
     V3,
