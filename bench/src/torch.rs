@@ -40,9 +40,7 @@ impl Torch {
             // without it, PyTorch's batch-200 activations are fresh mmap'd pages every step
             // until the allocator's dynamic threshold has grown, and its figures depend on what
             // ran before in the process (CNN TENT step alone: 3370 images/s; after `source`: 4640).
-            .env("MALLOC_MMAP_THRESHOLD_", (32u32 << 20).to_string())
-            .env("MALLOC_TRIM_THRESHOLD_", i32::MAX.to_string())
-            .env("MALLOC_TOP_PAD_", (256u32 << 20).to_string())
+            .envs(attune_engine::malloc_tuning_env())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

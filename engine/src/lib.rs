@@ -42,13 +42,29 @@ pub fn tune_runtime() {
     tune_allocator();
 }
 
+/// The glibc allocator settings of [`tune_runtime`]: allocations up to 32 MiB from the heap, no
+/// trimming, 256 MiB of top pad.
+pub const MALLOC_MMAP_THRESHOLD: i32 = 32 << 20;
+pub const MALLOC_TRIM_THRESHOLD: i32 = i32::MAX;
+pub const MALLOC_TOP_PAD: i32 = 256 << 20;
+
+/// The same settings as glibc's environment variables, for a child process (the benchmark's
+/// PyTorch side gets them so that both sides allocate alike).
+pub fn malloc_tuning_env() -> [(&'static str, String); 3] {
+    [
+        ("MALLOC_MMAP_THRESHOLD_", MALLOC_MMAP_THRESHOLD.to_string()),
+        ("MALLOC_TRIM_THRESHOLD_", MALLOC_TRIM_THRESHOLD.to_string()),
+        ("MALLOC_TOP_PAD_", MALLOC_TOP_PAD.to_string()),
+    ]
+}
+
 fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters; it is called before other threads
     // allocate heavily and has no memory-safety preconditions.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
-        libc::mallopt(libc::M_TOP_PAD, 256 << 20);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD);
+        libc::mallopt(libc::M_TOP_PAD, MALLOC_TOP_PAD);
     }
 }

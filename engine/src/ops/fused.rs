@@ -103,29 +103,29 @@ fn relu_f(v: f32) -> f32 {
     }
 }
 
+/// The layer's activation: [`relu_f`] when `relu`, else the identity.
+#[inline(always)]
+fn act(v: f32, relu: bool) -> f32 {
+    if relu {
+        relu_f(v)
+    } else {
+        v
+    }
+}
+
 /// `dst = max(0, src·scale + shift [+ res])` (the affine part alone when `relu` is off; `res` is
 /// a residual connection added before the ReLU).
 #[inline(always)]
 fn epilogue(dst: &mut [f32], src: &[f32], res: Option<&[f32]>, scale: f32, shift: f32, relu: bool) {
-    match (res, relu) {
-        (None, true) => {
+    match res {
+        None => {
             for (d, s) in dst.iter_mut().zip(src) {
-                *d = relu_f(s * scale + shift);
+                *d = act(s * scale + shift, relu);
             }
         }
-        (None, false) => {
-            for (d, s) in dst.iter_mut().zip(src) {
-                *d = s * scale + shift;
-            }
-        }
-        (Some(r), true) => {
+        Some(r) => {
             for ((d, s), r) in dst.iter_mut().zip(src).zip(r) {
-                *d = relu_f(s * scale + shift + r);
-            }
-        }
-        (Some(r), false) => {
-            for ((d, s), r) in dst.iter_mut().zip(src).zip(r) {
-                *d = s * scale + shift + r;
+                *d = act(s * scale + shift + r, relu);
             }
         }
     }
@@ -134,25 +134,15 @@ fn epilogue(dst: &mut [f32], src: &[f32], res: Option<&[f32]>, scale: f32, shift
 /// [`epilogue`] on the conv output itself.
 #[inline(always)]
 fn epilogue_in_place(p: &mut [f32], res: Option<&[f32]>, scale: f32, shift: f32, relu: bool) {
-    match (res, relu) {
-        (None, true) => {
+    match res {
+        None => {
             for v in p.iter_mut() {
-                *v = relu_f(*v * scale + shift);
+                *v = act(*v * scale + shift, relu);
             }
         }
-        (None, false) => {
-            for v in p.iter_mut() {
-                *v = *v * scale + shift;
-            }
-        }
-        (Some(r), true) => {
+        Some(r) => {
             for (v, r) in p.iter_mut().zip(r) {
-                *v = relu_f(*v * scale + shift + r);
-            }
-        }
-        (Some(r), false) => {
-            for (v, r) in p.iter_mut().zip(r) {
-                *v = *v * scale + shift + r;
+                *v = act(*v * scale + shift + r, relu);
             }
         }
     }
@@ -315,7 +305,7 @@ fn takes_over(x: f32, best: f32) -> bool {
 /// position `bi` where the ReLU zeroed the output (no gradient passes there).
 #[inline(always)]
 fn pooled(best: f32, bi: u8, relu: bool) -> (f32, u8) {
-    let out = if relu { relu_f(best) } else { best };
+    let out = act(best, relu);
     (out, if !relu || out > 0.0 { bi } else { NO_GRAD })
 }
 
@@ -462,6 +452,25 @@ impl PoolGeom<'_> {
     fn plen(&self) -> usize {
         self.hp * self.wp
     }
+
+    /// The kept maxima of pooled row `oh` of one plane (`arg`, `dy`: that plane's window codes
+    /// and output gradient): (position in the conv output plane, dy), windows whose maximum was
+    /// a ReLU zero left out.
+    #[inline(always)]
+    fn kept<'s>(
+        &'s self,
+        arg: &'s [u8],
+        dy: &'s [f32],
+        oh: usize,
+    ) -> impl Iterator<Item = (usize, f32)> + 's {
+        let (row, corner) = (oh * self.wp..(oh + 1) * self.wp, oh * self.k * self.wo);
+        arg[row.clone()]
+            .iter()
+            .zip(&dy[row])
+            .enumerate()
+            .filter(|(_, (&a, _))| a != NO_GRAD)
+            .map(move |(ow, (&a, &d))| (corner + ow * self.k + self.win[a as usize], d))
+    }
 }
 
 wide_fn! {
@@ -557,15 +566,9 @@ wide_fn! {
                     let (mut s, mut t) = (0f64, 0f64);
                     for oh in 0..pg.hp {
                         let (mut rs, mut rt) = (0f32, 0f32);
-                        let corner = oh * pg.k * pg.wo;
-                        let rows = ap[oh * pg.wp..(oh + 1) * pg.wp]
-                            .iter()
-                            .zip(&dp[oh * pg.wp..(oh + 1) * pg.wp]);
-                        for (ow, (&a, &d)) in rows.enumerate() {
-                            if a != NO_GRAD {
-                                rs += d;
-                                rt += d * (zp[corner + ow * pg.k + pg.win[a as usize]] - mc);
-                            }
+                        for (pos, d) in pg.kept(ap, dp, oh) {
+                            rs += d;
+                            rt += d * (zp[pos] - mc);
                         }
                         s += rs as f64;
                         t += rt as f64;
@@ -625,14 +628,8 @@ wide_fn! {
                     let plen = pg.plen();
                     let (ap, dp) = (&arg[c * plen..(c + 1) * plen], &dy[c * plen..(c + 1) * plen]);
                     for oh in 0..pg.hp {
-                        let corner = oh * pg.k * pg.wo;
-                        let rows = ap[oh * pg.wp..(oh + 1) * pg.wp]
-                            .iter()
-                            .zip(&dp[oh * pg.wp..(oh + 1) * pg.wp]);
-                        for (ow, (&a, &dv)) in rows.enumerate() {
-                            if a != NO_GRAD {
-                                dst[corner + ow * pg.k + pg.win[a as usize]] += kc * dv;
-                            }
+                        for (pos, dv) in pg.kept(ap, dp, oh) {
+                            dst[pos] += kc * dv;
                         }
                     }
                 }
@@ -1316,6 +1313,25 @@ mod tests {
         }
     }
 
+    /// The gradients of `y·up` and `y_ref·up` (up: a fixed random tensor) with respect to each
+    /// named variable agree to 5e-4, and exist exactly for the tracked ones.
+    fn assert_grads_match(y: &Tensor, y_ref: &Tensor, seed: u64, vars: &[(&str, &Var, bool)]) {
+        let up = randn(y.dims(), seed);
+        let loss = |y: &Tensor| (y * &up).unwrap().sum_all().unwrap();
+        let (gr, gr_ref) = (loss(y).backward().unwrap(), loss(y_ref).backward().unwrap());
+        for &(name, v, tracked) in vars {
+            match (gr.get(v), gr_ref.get(v)) {
+                (Some(a), Some(b)) => assert_close(a, b, 5e-4, name),
+                (None, None) => assert!(!tracked, "{name}: no gradient"),
+                (a, b) => panic!(
+                    "{name}: fused {:?} vs reference {:?}",
+                    a.is_some(),
+                    b.is_some()
+                ),
+            }
+        }
+    }
+
     /// Forward values and every gradient (x, w, γ, β) against the composed reference.
     #[allow(clippy::too_many_arguments)]
     fn check(
@@ -1380,30 +1396,13 @@ mod tests {
             let ho = (h + 2 * sp.1 - k) / sp.0 + 1;
             assert_eq!(s.count, b * ho * ho);
         }
-        let up = randn(y.dims(), 5);
-        let gr = (&y * &up).unwrap().sum_all().unwrap().backward().unwrap();
-        let gr_ref = (&y_ref * &up)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        for (name, v, tracked) in [
+        let vars = [
             ("dx", &x, track.0),
             ("dw", &w, track.1),
             ("dgamma", &gamma, true),
             ("dbeta", &beta, true),
-        ] {
-            match (gr.get(v), gr_ref.get(v)) {
-                (Some(a), Some(b)) => assert_close(a, b, 5e-4, name),
-                (None, None) => assert!(!tracked, "{name}: no gradient"),
-                (a, b) => panic!(
-                    "{name}: fused {:?} vs reference {:?}",
-                    a.is_some(),
-                    b.is_some()
-                ),
-            }
-        }
+        ];
+        assert_grads_match(&y, &y_ref, 5, &vars);
     }
 
     #[test]
@@ -1805,29 +1804,14 @@ mod tests {
                 assert!((s.mean[ch] - want.mean[ch]).abs() < 1e-5);
             }
         }
-        let up = randn(y.dims(), 16);
-        let loss = |y: &Tensor| (y * &up).unwrap().sum_all().unwrap();
-        let (gr, gr_ref) = (
-            loss(&y).backward().unwrap(),
-            loss(&y_ref).backward().unwrap(),
-        );
-        for (name, v, tracked) in [
+        let vars = [
             ("dx", &x, track[0]),
             ("dw", &w, track[1]),
             ("dgamma", &gamma, true),
             ("dbeta", &beta, true),
             ("dresidual", &r, track[2]),
-        ] {
-            match (gr.get(v), gr_ref.get(v)) {
-                (Some(a), Some(b)) => assert_close(a, b, 5e-4, name),
-                (None, None) => assert!(!tracked, "{name}: no gradient"),
-                (a, b) => panic!(
-                    "{name}: fused {:?} vs reference {:?}",
-                    a.is_some(),
-                    b.is_some()
-                ),
-            }
-        }
+        ];
+        assert_grads_match(&y, &y_ref, 16, &vars);
     }
 
     #[test]
@@ -1878,17 +1862,21 @@ mod tests {
         let r =
             Var::from_tensor(&Tensor::full(-1000f32, (2, 4, 7, 7), &Device::Cpu).unwrap()).unwrap();
         let (fm, fv) = (vec![0f32; 4], vec![1f32; 4]);
-        let (y, _) = conv_bn_residual(
-            x.as_tensor(),
-            &w,
-            gamma.as_tensor(),
-            beta.as_tensor(),
-            r.as_tensor(),
-            (&fm, &fv),
-            Some(1.0),
-            cfg((1, 1), true, 1),
-        )
-        .unwrap();
+        let apply = |pool: usize| {
+            let (g, b) = (gamma.as_tensor(), beta.as_tensor());
+            let c = cfg((1, 1), true, pool);
+            conv_bn_residual(
+                x.as_tensor(),
+                &w,
+                g,
+                b,
+                r.as_tensor(),
+                (&fm, &fv),
+                Some(1.0),
+                c,
+            )
+        };
+        let (y, _) = apply(1).unwrap();
         assert_eq!(
             y.abs()
                 .unwrap()
@@ -1904,17 +1892,7 @@ mod tests {
             assert_eq!(s.to_scalar::<f32>().unwrap(), 0.0);
         }
         // A pool after a residual is refused, with a message.
-        let err = conv_bn_residual(
-            x.as_tensor(),
-            &w,
-            gamma.as_tensor(),
-            beta.as_tensor(),
-            r.as_tensor(),
-            (&fm, &fv),
-            Some(1.0),
-            cfg((1, 1), true, 2),
-        )
-        .unwrap_err();
+        let err = apply(2).unwrap_err();
         assert!(
             err.to_string().contains("no pooling after a residual"),
             "{err}"
