@@ -1913,26 +1913,13 @@ mod tests {
             let b = Var::from_tensor(&randn(&[5], 45)).unwrap();
             let st = (vec![0.1f32; 5], vec![1.5f32; 5]);
             let (xt, gt, bt) = (x.as_tensor(), g.as_tensor(), b.as_tensor());
-            let (h, _) = conv_bn(
-                xt,
-                w.as_tensor(),
-                gt,
-                bt,
-                (&st.0, &st.1),
-                Some(1.0),
-                cfg((1, 1), true, 1),
-            )
-            .unwrap();
-            let (p, _) = conv_bn(
-                xt,
-                w.as_tensor(),
-                gt,
-                bt,
-                (&st.0, &st.1),
-                Some(1.0),
-                cfg((1, 1), true, 2),
-            )
-            .unwrap();
+            let layer = |pool: usize| {
+                let c = cfg((1, 1), true, pool);
+                conv_bn(xt, w.as_tensor(), gt, bt, (&st.0, &st.1), Some(1.0), c)
+                    .unwrap()
+                    .0
+            };
+            let (h, p) = (layer(1), layer(2));
             let (y, _) = conv_bn_residual(
                 &h,
                 w2.as_tensor(),
