@@ -6,7 +6,7 @@
 //! Gradients are computed only for arguments that the graph tracks, so a frozen weight (a
 //! detached tensor) costs nothing in the backward pass.
 
-use super::{direct, f32_slice, with_f32};
+use super::{direct, f32_slice, winograd, with_f32};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -203,7 +203,8 @@ pub(super) fn inner_parallelism(batch: usize) -> Parallelism {
 }
 
 /// How the per-image forward pass, or input gradient, of one convolution is computed: the
-/// direct kernel of [`super::direct`] where it applies, im2col + GEMM (+ col2im) elsewhere.
+/// Winograd F(2×2, 3×3) of [`super::winograd`] or the direct kernel of [`super::direct`] where
+/// they apply, im2col + GEMM (+ col2im) elsewhere.
 pub(super) enum Plan<'a> {
     Im2col {
         g: &'a Geometry,
@@ -214,26 +215,37 @@ pub(super) enum Plan<'a> {
         packed: direct::Packed,
         parallel: bool,
     },
+    Winograd {
+        packed: winograd::Packed,
+        parallel: bool,
+    },
 }
 
 /// Per-worker buffers of a [`Plan`].
 pub(super) enum Scratch {
     Cols(Vec<f32>),
     Direct(direct::Scratch),
+    Winograd(winograd::Scratch),
 }
 
 impl<'a> Plan<'a> {
     fn new(g: &'a Geometry, w: &'a [f32], input_grad: bool) -> Self {
+        let parallel = g.b < rayon::current_num_threads();
+        if winograd::usable(g) {
+            let packed = if input_grad {
+                winograd::Packed::backward(g, w)
+            } else {
+                winograd::Packed::forward(g, w)
+            };
+            return Plan::Winograd { packed, parallel };
+        }
         if direct::usable(g) {
             let packed = if input_grad {
                 direct::Packed::backward(g, w)
             } else {
                 direct::Packed::forward(g, w)
             };
-            return Plan::Direct {
-                packed,
-                parallel: g.b < rayon::current_num_threads(),
-            };
+            return Plan::Direct { packed, parallel };
         }
         Plan::Im2col { g, w, input_grad }
     }
@@ -259,6 +271,7 @@ impl<'a> Plan<'a> {
                 }
             ]),
             Plan::Direct { packed, .. } => Scratch::Direct(packed.scratch()),
+            Plan::Winograd { packed, .. } => Scratch::Winograd(packed.scratch()),
         }
     }
 
@@ -267,6 +280,9 @@ impl<'a> Plan<'a> {
     pub(super) fn run(&self, src: &[f32], scratch: &mut Scratch, dst: &mut [f32]) {
         match (self, scratch) {
             (Plan::Direct { packed, parallel }, Scratch::Direct(s)) => {
+                packed.run(src, s, dst, *parallel)
+            }
+            (Plan::Winograd { packed, parallel }, Scratch::Winograd(s)) => {
                 packed.run(src, s, dst, *parallel)
             }
             (

@@ -178,8 +178,8 @@ impl Packed {
                 // inside this block's `ob` rows of `out` (qpad positions each).
                 unsafe {
                     match (ob, self.pb) {
-                        (8, 3) => kernel::<8, 3>(xpad, pin, self.cin, &offs, wb, out, qpad, q0),
-                        (6, 4) => kernel::<6, 4>(xpad, pin, self.cin, &offs, wb, out, qpad, q0),
+                        (8, 3) => kernel::<8, 3, 9>(xpad, pin, self.cin, &offs, wb, out, qpad, q0),
+                        (6, 4) => kernel::<6, 4, 9>(xpad, pin, self.cin, &offs, wb, out, qpad, q0),
                         other => unreachable!("block shape {other:?} is not in BLOCKS"),
                     }
                 }
@@ -211,24 +211,25 @@ pub(super) struct Scratch {
 }
 
 /// One block: `out[j][q0 .. q0 + 16·PB] = Σ_c Σ_t w[c][t][j] · xpad[c][q0 + off_t ..]` for the
-/// block's `OB` output channels `j` (rows of `out`, `row` apart).
+/// block's `OB` output channels `j` (rows of `out`, `row` apart), over `TAPS` shifted reads per
+/// input channel (9 here; 1 for the products of [`super::winograd`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn kernel<const OB: usize, const PB: usize>(
+pub(super) unsafe fn kernel<const OB: usize, const PB: usize, const TAPS: usize>(
     xpad: &[f32],
     plane_in: usize,
     cin: usize,
-    offs: &[usize; 9],
+    offs: &[usize; TAPS],
     w: &[f32],
     out: &mut [f32],
     row: usize,
     q0: usize,
 ) {
     use std::arch::x86_64::*;
-    debug_assert!(w.len() >= cin * 9 * OB);
+    debug_assert!(w.len() >= cin * TAPS * OB);
     debug_assert!(out.len() >= (OB - 1) * row + q0 + 16 * PB);
-    debug_assert!(xpad.len() >= (cin - 1) * plane_in + q0 + offs[8] + 16 * PB);
+    debug_assert!(xpad.len() >= (cin - 1) * plane_in + q0 + offs[TAPS - 1] + 16 * PB);
     let mut acc = [[_mm512_setzero_ps(); PB]; OB];
     let xp = xpad.as_ptr();
     let mut wp = w.as_ptr();
@@ -256,11 +257,11 @@ unsafe fn kernel<const OB: usize, const PB: usize>(
 
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
-unsafe fn kernel<const OB: usize, const PB: usize>(
+pub(super) unsafe fn kernel<const OB: usize, const PB: usize, const TAPS: usize>(
     _: &[f32],
     _: usize,
     _: usize,
-    _: &[usize; 9],
+    _: &[usize; TAPS],
     _: &[f32],
     _: &mut [f32],
     _: usize,

@@ -18,6 +18,7 @@ pub mod conv;
 mod direct;
 pub mod fused;
 pub mod pool;
+mod winograd;
 
 pub use batchnorm::{batch_norm, BnStats};
 pub use conv::conv2d;
