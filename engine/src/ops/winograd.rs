@@ -196,7 +196,8 @@ impl Packed {
             // Padded row i + 1 holds input row i, from column 1 on; the border stays zero from
             // the allocation.
             for i in 0..h {
-                let (pr, at) = ((i + 1) % 2, c * ql + (i + 1) / 2 * tw1);
+                let row = i + 1;
+                let (pr, at) = (row % 2, c * ql + row / 2 * tw1);
                 let [q0, q1] = &mut s.quarters[2 * pr..2 * pr + 2] else {
                     unreachable!("two quarters per row parity")
                 };
@@ -310,6 +311,8 @@ wide_fn! {
                 let (e0, e1, e2, e3) = (e(0), e(1), e(2), e(3));
                 *ar = [e0 - e2, e1 + e2, e2 - e1, e1 - e3];
             }
+            // `s` is the column of all four rows of `a`.
+            #[allow(clippy::needless_range_loop)]
             for s in 0..4 {
                 // SAFETY: (12 + s)·stride + t < 15·stride + tiles ≤ v.len() (asserted above).
                 unsafe {
