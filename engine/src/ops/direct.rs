@@ -49,6 +49,23 @@ pub(super) fn usable(g: &Geometry) -> bool {
         && has_avx512f()
 }
 
+/// The weights of `g`'s forward convolution as (output channel, input channel, tap) → value.
+pub(super) fn forward_taps<'a>(
+    g: &'a Geometry,
+    w: &'a [f32],
+) -> impl Fn(usize, usize, usize) -> f32 + 'a {
+    move |o, c, t| w[(o * g.c + c) * 9 + t]
+}
+
+/// The same for its input gradient, a convolution of O channels into C: the weights transposed
+/// (in ↔ out) and flipped (tap t ↔ 8 − t).
+pub(super) fn backward_taps<'a>(
+    g: &'a Geometry,
+    w: &'a [f32],
+) -> impl Fn(usize, usize, usize) -> f32 + 'a {
+    move |c, o, t| w[(o * g.c + c) * 9 + (8 - t)]
+}
+
 /// Weights in kernel order: per block of `ob` output channels, per input channel, per tap, the
 /// block's `ob` values (zero for the channels past the last one).
 pub(super) struct Packed {
@@ -106,12 +123,12 @@ impl Packed {
 
     /// The forward convolution of `g` with weights `w` (O × C × 3 × 3).
     pub(super) fn forward(g: &Geometry, w: &[f32]) -> Self {
-        Self::pack(g.c, g.o, g, |o, c, t| w[(o * g.c + c) * 9 + t])
+        Self::pack(g.c, g.o, g, forward_taps(g, w))
     }
 
-    /// The input gradient of `g`: channels O → C, weights transposed and flipped.
+    /// The input gradient of `g` (see [`backward_taps`]).
     pub(super) fn backward(g: &Geometry, w: &[f32]) -> Self {
-        Self::pack(g.o, g.c, g, |c, o, t| w[(o * g.c + c) * 9 + (8 - t)])
+        Self::pack(g.o, g.c, g, backward_taps(g, w))
     }
 
     fn wp(&self) -> usize {

@@ -26,7 +26,7 @@
 //! The output transform writes the output's even and odd rows, two values per tile in each.
 
 use super::conv::Geometry;
-use super::direct::kernel;
+use super::direct::{backward_taps, forward_taps, kernel};
 use super::{has_avx512f, wide_fn};
 
 /// GEMM blocks, (output channels, 16-tile vectors). (16, 1) pads the tiles only to the next 16,
@@ -128,12 +128,12 @@ impl Packed {
 
     /// The forward convolution of `g` with weights `w` (O × C × 3 × 3).
     pub(super) fn forward(g: &Geometry, w: &[f32]) -> Self {
-        Self::pack(g.c, g.o, g, |o, c, t| w[(o * g.c + c) * 9 + t])
+        Self::pack(g.c, g.o, g, forward_taps(g, w))
     }
 
-    /// The input gradient of `g`: channels O → C, weights transposed and flipped.
+    /// The input gradient of `g` (see [`backward_taps`]).
     pub(super) fn backward(g: &Geometry, w: &[f32]) -> Self {
-        Self::pack(g.o, g.c, g, |c, o, t| w[(o * g.c + c) * 9 + (8 - t)])
+        Self::pack(g.o, g.c, g, backward_taps(g, w))
     }
 
     fn blocks(&self) -> usize {
