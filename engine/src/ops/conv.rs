@@ -232,22 +232,33 @@ impl<'a> Plan<'a> {
     fn new(g: &'a Geometry, w: &'a [f32], input_grad: bool) -> Self {
         let parallel = g.b < rayon::current_num_threads();
         if winograd::usable(g) {
-            let packed = if input_grad {
-                winograd::Packed::backward(g, w)
-            } else {
-                winograd::Packed::forward(g, w)
-            };
+            let packed = winograd::Packed::new(g, w, input_grad);
             return Plan::Winograd { packed, parallel };
         }
         if direct::usable(g) {
-            let packed = if input_grad {
-                direct::Packed::backward(g, w)
-            } else {
-                direct::Packed::forward(g, w)
-            };
+            let packed = direct::Packed::new(g, w, input_grad);
             return Plan::Direct { packed, parallel };
         }
         Plan::Im2col { g, w, input_grad }
+    }
+
+    /// One image through im2col + GEMM (+ col2im), whichever kernel [`Plan::new`] would pick:
+    /// `(y, dx)` for `x` and `dy`, the reference the direct and Winograd kernels are tested against.
+    #[cfg(test)]
+    pub(super) fn im2col_reference(
+        g: &Geometry,
+        w: &[f32],
+        x: &[f32],
+        dy: &[f32],
+    ) -> (Vec<f32>, Vec<f32>) {
+        let run = |input_grad, src: &[f32], len| {
+            let plan = Plan::Im2col { g, w, input_grad };
+            // Zero: the input gradient's col2im adds into it.
+            let mut dst = vec![0f32; len];
+            plan.run(src, &mut plan.scratch(), &mut dst);
+            dst
+        };
+        (run(false, x, g.out_len()), run(true, dy, g.in_len()))
     }
 
     /// `y_b (O × HoWo) = conv(x_b)`.

@@ -10,7 +10,7 @@
 //! the 7 × 7 planes, whose 63 padded-grid positions then fit one block).
 //!
 //! The input gradient of such a convolution is the same convolution of the output gradient with
-//! the weights transposed (in ↔ out) and flipped, so [`Packed::backward`] reuses the kernel and
+//! the weights transposed (in ↔ out) and flipped ([`taps`]), so [`Packed::new`] reuses the kernel and
 //! the backward pass needs no col2im either.
 //!
 //! Used for planes at least [`MIN_WIDTH`] (7) wide with at least [`MIN_CHANNELS`] (4) input and
@@ -49,21 +49,24 @@ pub(super) fn usable(g: &Geometry) -> bool {
         && has_avx512f()
 }
 
-/// The weights of `g`'s forward convolution as (output channel, input channel, tap) → value.
-pub(super) fn forward_taps<'a>(
+/// The weights of `g`'s forward convolution (`input_grad` false) or of its input gradient, as
+/// (input channels, output channels, (output channel, input channel, tap) → value). The input
+/// gradient is a convolution of O channels into C with the weights transposed (in ↔ out) and
+/// flipped (tap t ↔ 8 − t).
+pub(super) fn taps<'a>(
     g: &'a Geometry,
     w: &'a [f32],
-) -> impl Fn(usize, usize, usize) -> f32 + 'a {
-    move |o, c, t| w[(o * g.c + c) * 9 + t]
-}
-
-/// The same for its input gradient, a convolution of O channels into C: the weights transposed
-/// (in ↔ out) and flipped (tap t ↔ 8 − t).
-pub(super) fn backward_taps<'a>(
-    g: &'a Geometry,
-    w: &'a [f32],
-) -> impl Fn(usize, usize, usize) -> f32 + 'a {
-    move |c, o, t| w[(o * g.c + c) * 9 + (8 - t)]
+    input_grad: bool,
+) -> (usize, usize, impl Fn(usize, usize, usize) -> f32 + 'a) {
+    let (cin, cout) = if input_grad { (g.o, g.c) } else { (g.c, g.o) };
+    let at = move |o: usize, c: usize, t: usize| {
+        if input_grad {
+            w[(c * g.c + o) * 9 + (8 - t)]
+        } else {
+            w[(o * g.c + c) * 9 + t]
+        }
+    };
+    (cin, cout, at)
 }
 
 /// Weights in kernel order: per block of `ob` output channels, per input channel, per tap, the
@@ -84,12 +87,10 @@ impl Packed {
         self.cout.div_ceil(self.ob)
     }
 
-    fn pack(
-        cin: usize,
-        cout: usize,
-        g: &Geometry,
-        at: impl Fn(usize, usize, usize) -> f32,
-    ) -> Self {
+    /// The forward convolution of `g` with weights `w` (O × C × 3 × 3), or its input gradient
+    /// (see [`taps`]).
+    pub(super) fn new(g: &Geometry, w: &[f32], input_grad: bool) -> Self {
+        let (cin, cout, at) = taps(g, w, input_grad);
         // The block shape that computes the fewest positions (ties: the first).
         let q = g.h * (g.w + 2);
         let (ob, pb) = BLOCKS
@@ -97,21 +98,21 @@ impl Packed {
             .min_by_key(|&(_, pb)| q.next_multiple_of(16 * pb))
             .expect("BLOCKS is not empty");
         let blocks = cout.div_ceil(ob);
-        let mut w = vec![0f32; blocks * cin * 9 * ob];
+        let mut packed = vec![0f32; blocks * cin * 9 * ob];
         for b in 0..blocks {
             for c in 0..cin {
                 for t in 0..9 {
                     for j in 0..ob {
                         let o = b * ob + j;
                         if o < cout {
-                            w[((b * cin + c) * 9 + t) * ob + j] = at(o, c, t);
+                            packed[((b * cin + c) * 9 + t) * ob + j] = at(o, c, t);
                         }
                     }
                 }
             }
         }
         Self {
-            w,
+            w: packed,
             cin,
             cout,
             h: g.h,
@@ -119,16 +120,6 @@ impl Packed {
             ob,
             pb,
         }
-    }
-
-    /// The forward convolution of `g` with weights `w` (O × C × 3 × 3).
-    pub(super) fn forward(g: &Geometry, w: &[f32]) -> Self {
-        Self::pack(g.c, g.o, g, forward_taps(g, w))
-    }
-
-    /// The input gradient of `g` (see [`backward_taps`]).
-    pub(super) fn backward(g: &Geometry, w: &[f32]) -> Self {
-        Self::pack(g.o, g.c, g, backward_taps(g, w))
     }
 
     fn wp(&self) -> usize {
@@ -290,8 +281,7 @@ pub(super) unsafe fn kernel<const OB: usize, const PB: usize, const TAPS: usize>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::conv::{col2im, im2col, matmul};
-    use gemm::Parallelism;
+    use crate::ops::conv::Plan;
 
     fn randv(n: usize, seed: u64) -> Vec<f32> {
         crate::rng::randn_vec(n, &mut crate::rng::rng(seed, "direct"))
@@ -326,44 +316,10 @@ mod tests {
             let x = randv(c * h * w, 1);
             let wt = randv(o * c * 9, 2);
             let dy = randv(o * h * w, 3);
-            let (ck, hw) = (g.ck(), g.hw_out());
-            let mut cols = vec![0f32; ck * hw];
-            // Reference forward: W (O × CK) · im2col(x).
-            im2col(&g, &x, &mut cols);
-            let mut y_ref = vec![0f32; o * hw];
-            matmul(
-                o,
-                hw,
-                ck,
-                &mut y_ref,
-                false,
-                &wt,
-                ck,
-                1,
-                &cols,
-                hw,
-                1,
-                Parallelism::None,
-            );
-            // Reference input gradient: col2im(Wᵀ · dy).
-            matmul(
-                ck,
-                hw,
-                o,
-                &mut cols,
-                false,
-                &wt,
-                1,
-                ck,
-                &dy,
-                hw,
-                1,
-                Parallelism::None,
-            );
-            let mut dx_ref = vec![0f32; c * h * w];
-            col2im(&g, &cols, &mut dx_ref);
+            let hw = g.hw_out();
+            let (y_ref, dx_ref) = Plan::im2col_reference(&g, &wt, &x, &dy);
             for parallel in [false, true] {
-                let f = Packed::forward(&g, &wt);
+                let f = Packed::new(&g, &wt, false);
                 let mut s = f.scratch();
                 let mut y = vec![f32::NAN; o * hw];
                 f.run(&x, &mut s, &mut y, parallel);
@@ -371,7 +327,7 @@ mod tests {
                 // The scratch is reused for a second image without stale values.
                 f.run(&x, &mut s, &mut y, parallel);
                 close(&y, &y_ref, "forward, reused scratch");
-                let bk = Packed::backward(&g, &wt);
+                let bk = Packed::new(&g, &wt, true);
                 let mut s = bk.scratch();
                 let mut dx = vec![f32::NAN; c * h * w];
                 bk.run(&dy, &mut s, &mut dx, parallel);

@@ -26,7 +26,7 @@
 //! The output transform writes the output's even and odd rows, two values per tile in each.
 
 use super::conv::Geometry;
-use super::direct::{backward_taps, forward_taps, kernel};
+use super::direct::{kernel, taps};
 use super::{has_avx512f, wide_fn};
 
 /// GEMM blocks, (output channels, 16-tile vectors). (16, 1) pads the tiles only to the next 16,
@@ -89,12 +89,10 @@ pub(super) struct Packed {
 }
 
 impl Packed {
-    fn pack(
-        cin: usize,
-        cout: usize,
-        g: &Geometry,
-        at: impl Fn(usize, usize, usize) -> f32,
-    ) -> Self {
+    /// The forward convolution of `g` with weights `w` (O × C × 3 × 3), or its input gradient
+    /// (see [`taps`]).
+    pub(super) fn new(g: &Geometry, w: &[f32], input_grad: bool) -> Self {
+        let (cin, cout, at) = taps(g, w, input_grad);
         let (th, tw1) = (g.h.div_ceil(2), g.w.div_ceil(2) + 1);
         let tiles = th * tw1;
         // The block shape that computes the fewest outputs (ties: the first).
@@ -124,16 +122,6 @@ impl Packed {
             ob,
             pb,
         }
-    }
-
-    /// The forward convolution of `g` with weights `w` (O × C × 3 × 3).
-    pub(super) fn forward(g: &Geometry, w: &[f32]) -> Self {
-        Self::pack(g.c, g.o, g, forward_taps(g, w))
-    }
-
-    /// The input gradient of `g` (see [`backward_taps`]).
-    pub(super) fn backward(g: &Geometry, w: &[f32]) -> Self {
-        Self::pack(g.o, g.c, g, backward_taps(g, w))
     }
 
     fn blocks(&self) -> usize {
@@ -359,8 +347,7 @@ wide_fn! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::conv::{col2im, im2col, matmul};
-    use gemm::Parallelism;
+    use crate::ops::conv::Plan;
 
     fn randv(n: usize, seed: u64) -> Vec<f32> {
         crate::rng::randn_vec(n, &mut crate::rng::rng(seed, "winograd"))
@@ -442,39 +429,35 @@ mod tests {
             let wt = randv(o * c * 9, 2);
             let dy = randv(o * h * w, 3);
             let (y_exact, dx_exact) = exact(&g, &x, &wt, &dy);
-            let (ck, hw) = (g.ck(), g.hw_out());
-            let none = Parallelism::None;
-            let mut cols = vec![0f32; ck * hw];
-            im2col(&g, &x, &mut cols);
-            let mut y_ref = vec![0f32; o * hw];
-            matmul(o, hw, ck, &mut y_ref, false, &wt, ck, 1, &cols, hw, 1, none);
-            matmul(ck, hw, o, &mut cols, false, &wt, 1, ck, &dy, hw, 1, none);
-            let mut dx_ref = vec![0f32; c * h * w];
-            col2im(&g, &cols, &mut dx_ref);
+            let (y_ref, dx_ref) = Plan::im2col_reference(&g, &wt, &x, &dy);
             let bound = |r: &[f32], e: &[f64]| 2.0 * max_err(r, e) + 1e-6 * rms(e);
             let (y_bound, dx_bound) = (bound(&y_ref, &y_exact), bound(&dx_ref, &dx_exact));
+            // Each after an earlier image in the same scratch: no stale values carry over.
+            let check = |input_grad: bool, src: &[f32], exact: &[f64], bound: f64, parallel| {
+                let what = if input_grad {
+                    "input gradient"
+                } else {
+                    "forward"
+                };
+                let p = Packed::new(&g, &wt, input_grad);
+                let mut s = p.scratch();
+                let mut out = vec![f32::NAN; exact.len()];
+                p.run(
+                    &randv(src.len(), 4 + input_grad as u64),
+                    &mut s,
+                    &mut out,
+                    parallel,
+                );
+                p.run(src, &mut s, &mut out, parallel);
+                let e = max_err(&out, exact);
+                assert!(
+                    e <= bound,
+                    "{what} {c}→{o} {h}×{w}: error {e:.2e}, im2col's ×2 {bound:.2e}"
+                );
+            };
             for parallel in [false, true] {
-                // Each after an earlier image in the same scratch: no stale values carry over.
-                let f = Packed::forward(&g, &wt);
-                let mut s = f.scratch();
-                let mut y = vec![f32::NAN; o * hw];
-                f.run(&randv(c * h * w, 4), &mut s, &mut y, parallel);
-                f.run(&x, &mut s, &mut y, parallel);
-                let e = max_err(&y, &y_exact);
-                assert!(
-                    e <= y_bound,
-                    "forward {c}→{o} {h}×{w}: error {e:.2e}, im2col's ×2 {y_bound:.2e}"
-                );
-                let bk = Packed::backward(&g, &wt);
-                let mut s = bk.scratch();
-                let mut dx = vec![f32::NAN; c * h * w];
-                bk.run(&randv(o * h * w, 5), &mut s, &mut dx, parallel);
-                bk.run(&dy, &mut s, &mut dx, parallel);
-                let e = max_err(&dx, &dx_exact);
-                assert!(
-                    e <= dx_bound,
-                    "input gradient {c}→{o} {h}×{w}: error {e:.2e}, im2col's ×2 {dx_bound:.2e}"
-                );
+                check(false, &x, &y_exact, y_bound, parallel);
+                check(true, &dy, &dx_exact, dx_bound, parallel);
             }
         }
     }
