@@ -253,7 +253,6 @@ impl<'a> Plan<'a> {
     ) -> (Vec<f32>, Vec<f32>) {
         let run = |input_grad, src: &[f32], len| {
             let plan = Plan::Im2col { g, w, input_grad };
-            // Zero: the input gradient's col2im adds into it.
             let mut dst = vec![0f32; len];
             plan.run(src, &mut plan.scratch(), &mut dst);
             dst
@@ -286,8 +285,8 @@ impl<'a> Plan<'a> {
         }
     }
 
-    /// One image: `src` is x_b (forward) or dy_b (input gradient); `dst` is y_b or dx_b, which
-    /// must be zero for the input gradient.
+    /// One image: `src` is x_b (forward) or dy_b (input gradient); `dst` is y_b or dx_b, every
+    /// element of which is written (its previous contents do not matter).
     pub(super) fn run(&self, src: &[f32], scratch: &mut Scratch, dst: &mut [f32]) {
         match (self, scratch) {
             (Plan::Direct { packed, parallel }, Scratch::Direct(s)) => {
@@ -341,6 +340,9 @@ impl<'a> Plan<'a> {
                     matmul(ck, hw, g.o, dst, false, w, 1, ck, src, hw, 1, par);
                 } else {
                     matmul(ck, hw, g.o, cols, false, w, 1, ck, src, hw, 1, par);
+                    // col2im adds into dst: zero this image's planes first (callers allocate
+                    // outputs uninitialized).
+                    dst[..g.in_len()].fill(0.0);
                     col2im(g, cols, dst);
                 }
             }

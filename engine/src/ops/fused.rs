@@ -28,7 +28,7 @@
 
 use super::batchnorm::{BnNormalizer, BnStats};
 use super::conv::{im2col, inner_parallelism, matmul, Geometry, Plan, Scratch, WEIGHT_GRAD_CHUNK};
-use super::{f32_slice, has_avx512f, wide_fn, with_f32};
+use super::{f32_slice, has_avx512f, uninit_f32, wide_fn, with_f32};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -753,7 +753,8 @@ impl CustomOp3 for ConvBnOp {
         let pooling = self.pool > 1;
         let dims = (g.ho, g.wo, self.pool);
         let shape = Shape::from((g.b, o, hp, wp));
-        let mut y = vec![0f32; g.b * o * plen];
+        // SAFETY: every image's planes are written below (conv_image, pool_planes, epilogue_planes).
+        let mut y = unsafe { uninit_f32(g.b * o * plen) };
         if !self.use_batch && !self.keep {
             // Fixed statistics, no gradient: affine + ReLU (+ pool) right after each GEMM.
             let nm = BnNormalizer::new(&self.fixed_mean, &self.fixed_var, None, 0.0, self.eps);
@@ -779,7 +780,8 @@ impl CustomOp3 for ConvBnOp {
         }
         // Convolution output, with per-image per-channel (Σz, Σz²) while it is in cache.
         let recompute = self.recompute;
-        let mut z = vec![0f32; if recompute { 0 } else { g.b * g.out_len() }];
+        // SAFETY: `plan.run` writes every image's output.
+        let mut z = unsafe { uninit_f32(if recompute { 0 } else { g.b * g.out_len() }) };
         let mut partial = vec![(0f64, 0f64); g.b * o];
         let use_batch = self.use_batch;
         let sums = |zb: &[f32], pb: &mut [(f64, f64)]| {
@@ -958,7 +960,8 @@ impl CustomOp3 for ConvBnOp {
         let masked = match self.residual {
             Some(_) => Some(with_f32(dy, |dyv| {
                 with_f32(res, |yv| {
-                    let mut gm = vec![0f32; dyv.len()];
+                    // SAFETY: image_masked_sums writes every element of every image.
+                    let mut gm = unsafe { uninit_f32(dyv.len()) };
                     let mut partial = vec![(0f64, 0f64); g.b * o];
                     gm.par_chunks_mut(olen)
                         .zip(partial.par_chunks_mut(o))
@@ -1036,7 +1039,8 @@ impl CustomOp3 for ConvBnOp {
             with_f32(w, |wv| {
                 let wv = &wv[..n];
                 with_f32(x, |xv| {
-                    let mut dx = vec![0f32; if x_tr { g.b * g.in_len() } else { 0 }];
+                    // SAFETY: `plan.run` writes every image's input gradient.
+                    let mut dx = unsafe { uninit_f32(if x_tr { g.b * g.in_len() } else { 0 }) };
                     let plan = Plan::input_grad(&g, wv);
                     if !w_tr {
                         // Input gradient only: every image on its own.
