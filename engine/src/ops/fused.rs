@@ -34,52 +34,75 @@ use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
 /// What a forward pass leaves for the backward pass.
-struct Saved {
+pub(super) struct Saved {
     /// The convolution output (pre-normalization), kept only when a gradient is needed.
     z: Vec<f32>,
     /// With pooling: per pooled output, the position of the window's first maximum
     /// (`i·k + j`), or [`NO_GRAD`] when the maximum is a ReLU zero (no gradient passes).
     arg: Vec<u8>,
     nm: BnNormalizer,
-    stats: Option<BnStats>,
+    pub(super) stats: Option<BnStats>,
 }
 
 const NO_GRAD: u8 = u8::MAX;
 
 /// Largest C·KH·KW of a convolution whose output is recomputed rather than stored.
-const RECOMPUTE_MAX_CK: usize = 27;
+pub(super) const RECOMPUTE_MAX_CK: usize = 27;
 
-struct ConvBnOp {
-    stride: usize,
-    pad: usize,
-    relu: bool,
+/// One conv → BN (→ + residual) (→ ReLU) (→ max-pool) layer: its fixed configuration, and its
+/// forward and backward passes on plain slices. [`conv_bn`] and [`conv_bn_residual`] wrap one
+/// in a candle op; the network executor of [`super::net`] runs a chain of them.
+pub(super) struct Layer {
+    pub(super) stride: usize,
+    pub(super) pad: usize,
+    pub(super) relu: bool,
     /// Max-pool kernel (= stride) after the activation; 1 = none.
-    pool: usize,
-    fixed_mean: Vec<f32>,
-    fixed_var: Vec<f32>,
-    use_batch: bool,
-    alpha: f32,
-    eps: f64,
+    pub(super) pool: usize,
+    pub(super) fixed_mean: Vec<f32>,
+    pub(super) fixed_var: Vec<f32>,
+    pub(super) use_batch: bool,
+    pub(super) alpha: f32,
+    pub(super) eps: f64,
     /// Keep `z` for a backward pass.
-    keep: bool,
+    pub(super) keep: bool,
     /// Do not store `z` at all: recompute it, image by image, when it is needed again (the
     /// normalization pass and the backward's sums). For cheap convolutions of a frozen input
     /// with a frozen weight (the first layer: C·KH·KW ≤ [`RECOMPUTE_MAX_CK`]), whose output is
     /// the largest tensor of the network and costs more to write to and read back from memory
     /// than to compute again.
-    recompute: bool,
-    /// With a residual connection `y = max(0, BN(z) + r)`, and the op's three inputs are
-    /// (x, params, r), params = [W flattened; γ; β], W of shape `residual.w_dims` (candle's custom
-    /// ops take at most three inputs). Without, they are (x, W, [γ; β]).
-    residual: Option<Residual>,
-    saved: Arc<Mutex<Option<Saved>>>,
+    pub(super) recompute: bool,
+    /// `y = act(BN(z) + r)`: a residual connection of the output's shape (no pooling then).
+    pub(super) residual: bool,
+    /// (O, C, KH, KW).
+    pub(super) w_dims: [usize; 4],
 }
 
-#[derive(Clone, Copy)]
-struct Residual {
-    w_dims: [usize; 4],
-    /// Whether W itself needs a gradient (params is tracked as soon as γ or β is).
+/// Which of a layer's inputs need a gradient (γ and β always get theirs).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Tracked {
+    pub(super) x: bool,
+    pub(super) w: bool,
+    pub(super) r: bool,
+}
+
+/// A layer's gradients: `dgb` is [dγ; dβ] (always computed: it is cheap), the others only for
+/// tracked inputs.
+pub(super) struct Grads {
+    pub(super) dx: Option<Vec<f32>>,
+    pub(super) dw: Option<Vec<f32>>,
+    pub(super) dgb: Vec<f32>,
+    pub(super) dr: Option<Vec<f32>>,
+}
+
+/// The candle op around one [`Layer`].
+struct ConvBnOp {
+    layer: Layer,
+    /// With a residual the op's three inputs are (x, params, r), params = [W flattened; γ; β]
+    /// (candle's custom ops take at most three inputs), and `w_tracked` says whether W itself
+    /// needs a gradient (params is tracked as soon as γ or β is). Without, they are
+    /// (x, W, [γ; β]).
     w_tracked: bool,
+    saved: Arc<Mutex<Option<Saved>>>,
 }
 
 fn scale_shift(nm: &BnNormalizer, gamma: &[f32], beta: &[f32]) -> (Vec<f32>, Vec<f32>) {
@@ -646,7 +669,7 @@ wide_fn! {
     }
 }
 
-impl ConvBnOp {
+impl Layer {
     /// One image's convolution and, while it is in cache, its epilogue: `yb` gets
     /// `max(0, z·scale + shift)`, pooled when a pool follows (from `zb`, which holds the
     /// convolution then; the window codes into `ab` when given), else computed in place (the
@@ -677,12 +700,10 @@ impl ConvBnOp {
         }
     }
 
-    fn geometry(&self, xs: &[usize], ws: &[usize]) -> Result<Geometry> {
-        let ws = match &self.residual {
-            Some(r) => &r.w_dims[..],
-            None => ws,
-        };
-        let g = Geometry::new(xs, ws, self.stride, self.pad)?;
+    /// The geometry of this layer on an input of shape `xs`, checked against its statistics
+    /// and pooling.
+    pub(super) fn geometry(&self, xs: &[usize]) -> Result<Geometry> {
+        let g = Geometry::new(xs, &self.w_dims, self.stride, self.pad)?;
         if self.fixed_mean.len() != g.o || self.fixed_var.len() != g.o {
             candle_core::bail!(
                 "conv_bn: {} output channels but {} running statistics",
@@ -690,7 +711,9 @@ impl ConvBnOp {
                 self.fixed_mean.len()
             );
         }
-        if self.pool > 1 && (self.pool * self.pool > NO_GRAD as usize || g.ho < self.pool) {
+        if self.pool > 1
+            && (self.residual || self.pool * self.pool > NO_GRAD as usize || g.ho < self.pool)
+        {
             candle_core::bail!("conv_bn: pool {} on a {}×{} map", self.pool, g.ho, g.wo);
         }
         Ok(g)
@@ -702,57 +725,70 @@ impl ConvBnOp {
         let (hp, wp) = (g.ho / k, g.wo / k);
         (hp * wp, hp, wp)
     }
-}
 
-impl CustomOp3 for ConvBnOp {
-    fn name(&self) -> &'static str {
-        "attune-conv-bn"
+    /// Dimensions of the output (N, O, H', W') after pooling.
+    pub(super) fn out_dims(&self, g: &Geometry) -> [usize; 4] {
+        let (_, hp, wp) = self.pooled(g);
+        [g.b, g.o, hp, wp]
     }
 
-    fn cpu_fwd(
+    /// The lengths of the inputs, checked against the geometry.
+    fn check_inputs(
         &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let g = self.geometry(l1.dims(), l2.dims())?;
-        let x = f32_slice(s1, l1)?;
+        g: &Geometry,
+        x: &[f32],
+        w: &[f32],
+        gamma: &[f32],
+        beta: &[f32],
+    ) -> Result<()> {
+        let o = g.o;
+        if x.len() != g.b * g.in_len() || w.len() != o * g.ck() {
+            candle_core::bail!(
+                "conv_bn: {} input values and {} weights for input {:?} and weight {:?}",
+                x.len(),
+                w.len(),
+                [g.b, g.c, g.h, g.w],
+                self.w_dims
+            );
+        }
+        if gamma.len() != o || beta.len() != o {
+            candle_core::bail!(
+                "conv_bn: {o} channels but γ/β of {} and {} values",
+                gamma.len(),
+                beta.len()
+            );
+        }
+        Ok(())
+    }
+
+    /// The forward pass: the output `y` (N, O, H', W') and what the backward needs (`z` only
+    /// when `keep` and not `recompute`).
+    pub(super) fn forward(
+        &self,
+        g: &Geometry,
+        x: &[f32],
+        w: &[f32],
+        gamma: &[f32],
+        beta: &[f32],
+        r: Option<&[f32]>,
+    ) -> Result<(Vec<f32>, Saved)> {
+        self.check_inputs(g, x, w, gamma, beta)?;
+        match r {
+            Some(r) if !self.residual || r.len() != g.b * g.out_len() => candle_core::bail!(
+                "conv_bn: residual of {} values for an output of shape {:?}",
+                r.len(),
+                [g.b, g.o, g.ho, g.wo]
+            ),
+            None if self.residual => candle_core::bail!("conv_bn: residual layer without one"),
+            _ => {}
+        }
         let (o, hw) = (g.o, g.hw_out());
-        let (w, gb, r) = match &self.residual {
-            Some(_) => {
-                let (p, n) = (f32_slice(s2, l2)?, o * g.ck());
-                if p.len() != n + 2 * o {
-                    candle_core::bail!(
-                        "conv_bn: {} parameters for a {o} × {} weight and γ/β",
-                        p.len(),
-                        g.ck()
-                    );
-                }
-                if l3.dims() != [g.b, o, g.ho, g.wo] {
-                    candle_core::bail!(
-                        "conv_bn: residual of shape {:?} for an output of shape {:?}",
-                        l3.dims(),
-                        [g.b, o, g.ho, g.wo]
-                    );
-                }
-                (&p[..n], &p[n..], Some(f32_slice(s3, l3)?))
-            }
-            None => (f32_slice(s2, l2)?, f32_slice(s3, l3)?, None),
-        };
         let olen = g.out_len();
         let image_res = |b: usize| r.map(|r| &r[b * olen..(b + 1) * olen]);
-        if gb.len() != 2 * o {
-            candle_core::bail!("conv_bn: {o} channels but γ/β of {} values", gb.len());
-        }
-        let (gamma, beta) = gb.split_at(o);
-        let plan = Plan::forward(&g, w);
-        let (plen, hp, wp) = self.pooled(&g);
+        let plan = Plan::forward(g, w);
+        let (plen, _, _) = self.pooled(g);
         let pooling = self.pool > 1;
         let dims = (g.ho, g.wo, self.pool);
-        let shape = Shape::from((g.b, o, hp, wp));
         // SAFETY: every image's planes are written below (conv_image, pool_planes, epilogue_planes).
         let mut y = unsafe { uninit_f32(g.b * o * plen) };
         if !self.use_batch && !self.keep {
@@ -767,16 +803,16 @@ impl CustomOp3 for ConvBnOp {
                     || (plan.scratch(), vec![0f32; zlen]),
                     |(scratch, zb), (b, (yb, xb))| {
                         let rb = image_res(b);
-                        self.conv_image(&g, &plan, xb, scratch, zb, yb, None, rb, (&scale, &shift))
+                        self.conv_image(g, &plan, xb, scratch, zb, yb, None, rb, (&scale, &shift))
                     },
                 );
-            *self.saved.lock().expect("conv_bn lock") = Some(Saved {
+            let saved = Saved {
                 z: vec![],
                 arg: vec![],
                 nm,
                 stats: None,
-            });
-            return Ok((CpuStorage::F32(y), shape));
+            };
+            return Ok((y, saved));
         }
         // Convolution output, with per-image per-channel (Σz, Σz²) while it is in cache.
         let recompute = self.recompute;
@@ -856,7 +892,7 @@ impl CustomOp3 for ConvBnOp {
                     |(scratch, zb), ((yb, xb), ab)| {
                         let ab = (pooling && self.keep).then_some(&mut **ab);
                         // (No residual here: see `conv_bn_op`.)
-                        self.conv_image(&g, &plan, xb, scratch, zb, yb, ab, None, (&scale, &shift))
+                        self.conv_image(g, &plan, xb, scratch, zb, yb, ab, None, (&scale, &shift))
                     },
                 );
         } else if pooling {
@@ -887,13 +923,277 @@ impl CustomOp3 for ConvBnOp {
                     epilogue_planes(yp, zp, rp, sc, sh, self.relu)
                 });
         }
-        *self.saved.lock().expect("conv_bn lock") = Some(Saved {
+        let saved = Saved {
             z: if self.keep && !recompute { z } else { vec![] },
             arg,
             nm,
             stats,
+        };
+        Ok((y, saved))
+    }
+
+    /// The backward pass from the output gradient `dy`: `x`, `w`, `gamma`, `beta` as in the
+    /// forward, `y` its output (read only with a residual, for the ReLU mask).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn backward(
+        &self,
+        g: &Geometry,
+        saved: &Saved,
+        x: &[f32],
+        w: &[f32],
+        gamma: &[f32],
+        beta: &[f32],
+        y: Option<&[f32]>,
+        dy: &[f32],
+        tr: Tracked,
+    ) -> Result<Grads> {
+        if saved.z.is_empty() && !self.recompute && g.b * g.out_len() != 0 {
+            candle_core::bail!("conv_bn: backward through a forward that kept no state");
+        }
+        self.check_inputs(g, x, w, gamma, beta)?;
+        let (z, nm, arg) = (&saved.z, &saved.nm, &saved.arg);
+        let (o, hw, ck) = (g.o, g.hw_out(), g.ck());
+        let (plen, hp, wp) = self.pooled(g);
+        let (k, wo) = (self.pool, g.wo);
+        let pooling = k > 1;
+        if dy.len() != g.b * o * plen {
+            candle_core::bail!(
+                "conv_bn: output gradient of {} values for {} outputs",
+                dy.len(),
+                g.b * o * plen
+            );
+        }
+        // Offset in the conv output plane of window code a from the window's corner, and the
+        // corner of pooled output (oh, ow): oh·k·wo + ow·k.
+        let win: Vec<usize> = (0..k * k).map(|a| (a / k) * wo + a % k).collect();
+        let pool = pooling.then_some(PoolGeom {
+            k,
+            wo,
+            hp,
+            wp,
+            win: &win,
         });
-        Ok((CpuStorage::F32(y), shape))
+        // The forward's scale and shift (γ and β have not changed since): the ReLU mask.
+        let (scale, shift) = scale_shift(nm, gamma, beta);
+        // A recomputing layer's input and weight are frozen (see `conv_bn`): only γ and β get
+        // gradients, and z comes from the convolution of x again, image by image.
+        if self.recompute && (tr.x || tr.w) {
+            candle_core::bail!("conv_bn: recomputed layer with a tracked input or weight");
+        }
+        let replan = self.recompute.then(|| Plan::forward(g, w));
+        let olen = g.out_len();
+        // With a residual, pass 1 (below) reads the mask from y and writes g = dy·[y > 0]: the
+        // residual's gradient, and what the rest of the backward reads instead of dy.
+        let masked = if self.residual {
+            let yv = match y {
+                Some(y) if y.len() == dy.len() => y,
+                _ => candle_core::bail!("conv_bn: the residual layer's backward needs its output"),
+            };
+            // SAFETY: image_masked_sums writes every element of every image.
+            let mut gm = unsafe { uninit_f32(dy.len()) };
+            let mut partial = vec![(0f64, 0f64); g.b * o];
+            gm.par_chunks_mut(olen)
+                .zip(partial.par_chunks_mut(o))
+                .enumerate()
+                .for_each(|(b, (gi, pb))| {
+                    let r = b * olen..(b + 1) * olen;
+                    let (d, yb, zb) = (&dy[r.clone()], &yv[r.clone()], &z[r]);
+                    image_masked_sums(d, yb, zb, gi, &nm.mean, self.relu, pb);
+                });
+            Some((gm, partial))
+        } else {
+            None
+        };
+        let (gm, partial) = if let Some((gm, partial)) = masked {
+            (Some(gm), partial)
+        } else {
+            // Pass 1: per image and channel Σg and Σg·(z − m), g = dy where y > 0.
+            let relu = self.relu;
+            let mut partial = vec![(0f64, 0f64); g.b * o];
+            partial.par_chunks_mut(o).enumerate().for_each_init(
+                || replan.as_ref().map(|p| (p.scratch(), vec![0f32; olen])),
+                |again, (b, pb)| {
+                    let zimg: &[f32] = match (again.as_mut(), &replan) {
+                        (Some((scratch, zb)), Some(p)) => {
+                            p.run(&x[b * g.in_len()..(b + 1) * g.in_len()], scratch, zb);
+                            zb
+                        }
+                        _ => &z[b * olen..(b + 1) * olen],
+                    };
+                    let (dl, al) = if pooling { (plen, plen) } else { (hw, 0) };
+                    let dyb = &dy[b * o * dl..(b + 1) * o * dl];
+                    let ab = &arg[b * o * al..(b + 1) * o * al];
+                    let ss = (&scale[..], &shift[..]);
+                    image_grad_sums(dyb, zimg, pool, ab, ss, &nm.mean, relu, pb);
+                },
+            );
+            (None, partial)
+        };
+        // With a residual, the rest reads g (already masked) instead of dy.
+        let (dyv, relu) = match &gm {
+            Some(gm) => (&gm[..], false),
+            None => (dy, self.relu),
+        };
+        let (mut sdy, mut sdyx) = (vec![0f64; o], vec![0f64; o]);
+        for b in 0..g.b {
+            for c in 0..o {
+                sdy[c] += partial[b * o + c].0;
+                sdyx[c] += partial[b * o + c].1;
+            }
+        }
+        let mut dgb: Vec<f32> = (0..o).map(|c| sdyx[c] as f32 * nm.inv_std[c]).collect();
+        dgb.extend(sdy.iter().map(|v| *v as f32));
+        if !tr.x && !tr.w {
+            return Ok(Grads {
+                dx: None,
+                dw: None,
+                dgb,
+                dr: gm.filter(|_| tr.r),
+            });
+        }
+        // dz = γ·r·[g − (α/M)·Σg − (α/M)·r²·(z − μ_b)·Σg(z − m)] per channel.
+        let a = nm.alpha / (g.b * hw) as f32;
+        let coef: Vec<(f32, f32, f32, f32)> = (0..o)
+            .map(|c| {
+                let r = nm.inv_std[c];
+                (
+                    gamma[c] * r,
+                    a * sdy[c] as f32,
+                    a * r * r * sdyx[c] as f32,
+                    nm.batch_mean[c],
+                )
+            })
+            .collect();
+        let dz_image = |b: usize, dzb: &mut [f32]| {
+            let (dl, al) = if pooling { (plen, plen) } else { (hw, 0) };
+            let dyb = &dyv[b * o * dl..(b + 1) * o * dl];
+            let ab = &arg[b * o * al..(b + 1) * o * al];
+            let zb = &z[b * olen..(b + 1) * olen];
+            image_dz(dyb, zb, pool, ab, (&scale, &shift), &coef, relu, dzb);
+        };
+        let par = inner_parallelism(g.b);
+        let cols_len = if g.pointwise() { 0 } else { ck * hw };
+        // SAFETY: `plan.run` writes every image's input gradient.
+        let mut dx = unsafe { uninit_f32(if tr.x { g.b * g.in_len() } else { 0 }) };
+        let plan = Plan::input_grad(g, w);
+        if !tr.w {
+            // Input gradient only: every image on its own.
+            dx.par_chunks_mut(g.in_len()).enumerate().for_each_init(
+                || (vec![0f32; g.out_len()], plan.scratch()),
+                |(dzb, scratch), (b, dxb)| {
+                    dz_image(b, dzb);
+                    plan.run(dzb, scratch, dxb);
+                },
+            );
+            return Ok(Grads {
+                dx: Some(dx),
+                dw: None,
+                dgb,
+                dr: gm.filter(|_| tr.r),
+            });
+        }
+        // Weight gradient: fixed chunks of images, partial sums added in order.
+        let chunks = g.b.div_ceil(WEIGHT_GRAD_CHUNK);
+        let in_len = g.in_len();
+        let mut dx_chunks: Vec<&mut [f32]> = if tr.x {
+            dx.chunks_mut(in_len * WEIGHT_GRAD_CHUNK).collect()
+        } else {
+            (0..chunks).map(|_| <&mut [f32]>::default()).collect()
+        };
+        let partials: Vec<Vec<f32>> = dx_chunks
+            .par_iter_mut()
+            .enumerate()
+            .map(|(ci, dxc)| {
+                let mut dw = vec![0f32; o * ck];
+                let mut dzb = vec![0f32; g.out_len()];
+                let mut cols = vec![0f32; cols_len];
+                let mut scratch = tr.x.then(|| plan.scratch());
+                let first = ci * WEIGHT_GRAD_CHUNK;
+                for b in first..(first + WEIGHT_GRAD_CHUNK).min(g.b) {
+                    dz_image(b, &mut dzb);
+                    if let Some(s) = scratch.as_mut() {
+                        let k = b - first;
+                        plan.run(&dzb, s, &mut dxc[k * in_len..(k + 1) * in_len]);
+                    }
+                    let xb = &x[b * in_len..(b + 1) * in_len];
+                    let c: &[f32] = if g.pointwise() {
+                        xb
+                    } else {
+                        im2col(g, xb, &mut cols);
+                        &cols
+                    };
+                    // dW (O × CK) += dz_b (O × HW) · cols_bᵀ (HW × CK).
+                    matmul(o, ck, hw, &mut dw, true, &dzb, hw, 1, c, 1, hw, par);
+                }
+                dw
+            })
+            .collect();
+        let mut dw = vec![0f32; o * ck];
+        for p in &partials {
+            dw.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+        }
+        Ok(Grads {
+            dx: tr.x.then_some(dx),
+            dw: Some(dw),
+            dgb,
+            dr: gm.filter(|_| tr.r),
+        })
+    }
+}
+
+impl ConvBnOp {
+    /// The slices of the op's inputs: (w, γ, β, residual).
+    #[allow(clippy::type_complexity)]
+    fn params<'a>(
+        &self,
+        g: &Geometry,
+        p2: &'a [f32],
+        p3: &'a [f32],
+    ) -> Result<(&'a [f32], &'a [f32], &'a [f32], Option<&'a [f32]>)> {
+        let (o, n) = (g.o, g.o * g.ck());
+        let (w, gb, r) = if self.layer.residual {
+            if p2.len() != n + 2 * o {
+                candle_core::bail!(
+                    "conv_bn: {} parameters for a {o} × {} weight and γ/β",
+                    p2.len(),
+                    g.ck()
+                );
+            }
+            (&p2[..n], &p2[n..], Some(p3))
+        } else {
+            (p2, p3, None)
+        };
+        if gb.len() != 2 * o {
+            candle_core::bail!("conv_bn: {o} channels but γ/β of {} values", gb.len());
+        }
+        let (gamma, beta) = gb.split_at(o);
+        Ok((w, gamma, beta, r))
+    }
+}
+
+impl CustomOp3 for ConvBnOp {
+    fn name(&self) -> &'static str {
+        "attune-conv-bn"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.layer.geometry(l1.dims())?;
+        let x = f32_slice(s1, l1)?;
+        let (w, gamma, beta, r) = self.params(&g, f32_slice(s2, l2)?, f32_slice(s3, l3)?)?;
+        let (y, saved) = self.layer.forward(&g, x, w, gamma, beta, r)?;
+        *self.saved.lock().expect("conv_bn lock") = Some(saved);
+        Ok((
+            CpuStorage::F32(y),
+            Shape::from(self.layer.out_dims(&g).to_vec()),
+        ))
     }
 
     fn bwd(
@@ -905,212 +1205,54 @@ impl CustomOp3 for ConvBnOp {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         // With a residual, `w` is the packed [W; γ; β] and `gb` the residual (see `residual`).
-        let g = self.geometry(x.dims(), w.dims())?;
+        let g = self.layer.geometry(x.dims())?;
         let guard = self.saved.lock().expect("conv_bn lock");
         let saved = match guard.as_ref() {
-            Some(s) if !s.z.is_empty() || self.recompute || g.b * g.out_len() == 0 => s,
-            _ => candle_core::bail!("conv_bn: backward through a forward that kept no state"),
+            Some(s) => s,
+            None => candle_core::bail!("conv_bn: backward through a forward that kept no state"),
         };
-        let (z, nm, arg) = (&saved.z, &saved.nm, &saved.arg);
-        let (o, hw, ck) = (g.o, g.hw_out(), g.ck());
-        let (plen, hp, wp) = self.pooled(&g);
-        let (k, wo) = (self.pool, g.wo);
-        let pooling = k > 1;
-        // Offset in the conv output plane of window code a from the window's corner, and the
-        // corner of pooled output (oh, ow): oh·k·wo + ow·k.
-        let win: Vec<usize> = (0..k * k).map(|a| (a / k) * wo + a % k).collect();
-        let pool = pooling.then_some(PoolGeom {
-            k,
-            wo,
-            hp,
-            wp,
-            win: &win,
-        });
-        let n = o * ck;
-        let (gamma, beta) = if self.residual.is_some() {
-            let p = w.flatten_all()?.to_vec1::<f32>()?;
-            (p[n..n + o].to_vec(), p[n + o..].to_vec())
-        } else {
-            (gb.get(0)?.to_vec1::<f32>()?, gb.get(1)?.to_vec1::<f32>()?)
+        let tr = match self.layer.residual {
+            true => Tracked {
+                x: x.track_op(),
+                w: self.w_tracked,
+                r: gb.track_op(),
+            },
+            false => Tracked {
+                x: x.track_op(),
+                w: w.track_op(),
+                r: false,
+            },
         };
-        // The forward's scale and shift (γ and β have not changed since): the ReLU mask.
-        let (scale, shift) = scale_shift(nm, &gamma, &beta);
-        let x_tr = x.track_op();
-        let (w_tr, r_tr) = match &self.residual {
-            Some(r) => (r.w_tracked, gb.track_op()),
-            None => (w.track_op(), false),
-        };
-        // A recomputing layer's input and weight are frozen (see `conv_bn`): only γ and β get
-        // gradients, and z comes from the convolution of x again, image by image.
-        let (xr, wr) = if self.recompute {
-            if x_tr || w_tr {
-                candle_core::bail!("conv_bn: recomputed layer with a tracked input or weight");
-            }
-            (
-                x.flatten_all()?.to_vec1::<f32>()?,
-                w.flatten_all()?.to_vec1::<f32>()?,
-            )
-        } else {
-            (vec![], vec![])
-        };
-        let replan = self.recompute.then(|| Plan::forward(&g, &wr));
-        let olen = g.out_len();
-        // With a residual, pass 1 (below) reads the mask from y and writes g = dy·[y > 0]: the
-        // residual's gradient, and what the rest of the backward reads instead of dy.
-        let masked = match self.residual {
-            Some(_) => Some(with_f32(dy, |dyv| {
-                with_f32(res, |yv| {
-                    // SAFETY: image_masked_sums writes every element of every image.
-                    let mut gm = unsafe { uninit_f32(dyv.len()) };
-                    let mut partial = vec![(0f64, 0f64); g.b * o];
-                    gm.par_chunks_mut(olen)
-                        .zip(partial.par_chunks_mut(o))
-                        .enumerate()
-                        .for_each(|(b, (gi, pb))| {
-                            let r = b * olen..(b + 1) * olen;
-                            let (d, y, zb) = (&dyv[r.clone()], &yv[r.clone()], &z[r]);
-                            image_masked_sums(d, y, zb, gi, &nm.mean, self.relu, pb);
-                        });
-                    Ok((gm, partial))
-                })
-            })?),
-            None => None,
-        };
-        let out = with_f32(dy, |dyv| {
-            let (dyv, relu, partial) = if let Some((gm, partial)) = &masked {
-                (&gm[..], false, partial.clone())
-            } else {
-                // Pass 1: per image and channel Σg and Σg·(z − m), g = dy where y > 0.
-                let relu = self.relu;
-                let mut partial = vec![(0f64, 0f64); g.b * o];
-                partial.par_chunks_mut(o).enumerate().for_each_init(
-                    || replan.as_ref().map(|p| (p.scratch(), vec![0f32; olen])),
-                    |again, (b, pb)| {
-                        let zimg: &[f32] = match (again.as_mut(), &replan) {
-                            (Some((scratch, zb)), Some(p)) => {
-                                p.run(&xr[b * g.in_len()..(b + 1) * g.in_len()], scratch, zb);
-                                zb
-                            }
-                            _ => &z[b * olen..(b + 1) * olen],
-                        };
-                        let (dl, al) = if pooling { (plen, plen) } else { (hw, 0) };
-                        let dyb = &dyv[b * o * dl..(b + 1) * o * dl];
-                        let ab = &arg[b * o * al..(b + 1) * o * al];
-                        let ss = (&scale[..], &shift[..]);
-                        image_grad_sums(dyb, zimg, pool, ab, ss, &nm.mean, relu, pb);
-                    },
-                );
-                (dyv, relu, partial)
-            };
-            let (mut sdy, mut sdyx) = (vec![0f64; o], vec![0f64; o]);
-            for b in 0..g.b {
-                for c in 0..o {
-                    sdy[c] += partial[b * o + c].0;
-                    sdyx[c] += partial[b * o + c].1;
-                }
-            }
-            let mut dgb: Vec<f32> = (0..o).map(|c| sdyx[c] as f32 * nm.inv_std[c]).collect();
-            dgb.extend(sdy.iter().map(|v| *v as f32));
-            if !x_tr && !w_tr {
-                return Ok((None, None, dgb));
-            }
-            // dz = γ·r·[g − (α/M)·Σg − (α/M)·r²·(z − μ_b)·Σg(z − m)] per channel.
-            let a = nm.alpha / (g.b * hw) as f32;
-            let coef: Vec<(f32, f32, f32, f32)> = (0..o)
-                .map(|c| {
-                    let r = nm.inv_std[c];
-                    (
-                        gamma[c] * r,
-                        a * sdy[c] as f32,
-                        a * r * r * sdyx[c] as f32,
-                        nm.batch_mean[c],
-                    )
-                })
-                .collect();
-            let dz_image = |b: usize, dzb: &mut [f32]| {
-                let (dl, al) = if pooling { (plen, plen) } else { (hw, 0) };
-                let dyb = &dyv[b * o * dl..(b + 1) * o * dl];
-                let ab = &arg[b * o * al..(b + 1) * o * al];
-                let zb = &z[b * olen..(b + 1) * olen];
-                image_dz(dyb, zb, pool, ab, (&scale, &shift), &coef, relu, dzb);
-            };
-            let par = inner_parallelism(g.b);
-            let cols_len = if g.pointwise() { 0 } else { ck * hw };
-            with_f32(w, |wv| {
-                let wv = &wv[..n];
-                with_f32(x, |xv| {
-                    // SAFETY: `plan.run` writes every image's input gradient.
-                    let mut dx = unsafe { uninit_f32(if x_tr { g.b * g.in_len() } else { 0 }) };
-                    let plan = Plan::input_grad(&g, wv);
-                    if !w_tr {
-                        // Input gradient only: every image on its own.
-                        dx.par_chunks_mut(g.in_len()).enumerate().for_each_init(
-                            || (vec![0f32; g.out_len()], plan.scratch()),
-                            |(dzb, scratch), (b, dxb)| {
-                                dz_image(b, dzb);
-                                plan.run(dzb, scratch, dxb);
-                            },
-                        );
-                        return Ok((Some(dx), None, dgb));
-                    }
-                    // Weight gradient: fixed chunks of images, partial sums added in order.
-                    let chunks = g.b.div_ceil(WEIGHT_GRAD_CHUNK);
-                    let in_len = g.in_len();
-                    let mut dx_chunks: Vec<&mut [f32]> = if x_tr {
-                        dx.chunks_mut(in_len * WEIGHT_GRAD_CHUNK).collect()
-                    } else {
-                        (0..chunks).map(|_| <&mut [f32]>::default()).collect()
-                    };
-                    let partials: Vec<Vec<f32>> = dx_chunks
-                        .par_iter_mut()
-                        .enumerate()
-                        .map(|(ci, dxc)| {
-                            let mut dw = vec![0f32; o * ck];
-                            let mut dzb = vec![0f32; g.out_len()];
-                            let mut cols = vec![0f32; cols_len];
-                            let mut scratch = x_tr.then(|| plan.scratch());
-                            let first = ci * WEIGHT_GRAD_CHUNK;
-                            for b in first..(first + WEIGHT_GRAD_CHUNK).min(g.b) {
-                                dz_image(b, &mut dzb);
-                                if let Some(s) = scratch.as_mut() {
-                                    let k = b - first;
-                                    plan.run(&dzb, s, &mut dxc[k * in_len..(k + 1) * in_len]);
-                                }
-                                let xb = &xv[b * in_len..(b + 1) * in_len];
-                                let c: &[f32] = if g.pointwise() {
-                                    xb
-                                } else {
-                                    im2col(&g, xb, &mut cols);
-                                    &cols
-                                };
-                                // dW (O × CK) += dz_b (O × HW) · cols_bᵀ (HW × CK).
-                                matmul(o, ck, hw, &mut dw, true, &dzb, hw, 1, c, 1, hw, par);
-                            }
-                            dw
-                        })
-                        .collect();
-                    let mut dw = vec![0f32; o * ck];
-                    for p in &partials {
-                        dw.iter_mut().zip(p).for_each(|(a, b)| *a += b);
-                    }
-                    Ok((x_tr.then_some(dx), Some(dw), dgb))
+        let grads = with_f32(x, |xv| {
+            with_f32(w, |p2| {
+                with_f32(gb, |p3| {
+                    let (wv, gamma, beta, _) = self.params(&g, p2, p3)?;
+                    with_f32(dy, |dyv| match self.layer.residual {
+                        true => with_f32(res, |yv| {
+                            let y = Some(yv);
+                            self.layer
+                                .backward(&g, saved, xv, wv, gamma, beta, y, dyv, tr)
+                        }),
+                        false => self
+                            .layer
+                            .backward(&g, saved, xv, wv, gamma, beta, None, dyv, tr),
+                    })
                 })
             })
         })?;
-        let (dx, dw, dgb) = out;
+        let Grads { dx, dw, dgb, dr } = grads;
         let dx = dx
             .map(|v| Tensor::from_vec(v, x.shape(), x.device()))
             .transpose()?;
-        if self.residual.is_some() {
+        if self.layer.residual {
             // d[W; γ; β] (zeros for a frozen W), and the residual's gradient g.
+            let n = g.o * g.ck();
             let dp = w.track_op().then(|| {
                 let mut v = dw.unwrap_or_else(|| vec![0f32; n]);
                 v.extend(dgb);
                 Tensor::from_vec(v, w.shape(), w.device())
             });
-            let dr = masked
-                .filter(|_| r_tr)
-                .map(|(gm, _)| Tensor::from_vec(gm, gb.shape(), gb.device()));
+            let dr = dr.map(|v| Tensor::from_vec(v, gb.shape(), gb.device()));
             return Ok((dx, dp.transpose()?, dr.transpose()?));
         }
         Ok((
@@ -1186,60 +1328,21 @@ fn conv_bn_op(
     gamma: &Tensor,
     beta: &Tensor,
     residual: Option<&Tensor>,
-    (fixed_mean, fixed_var): (&[f32], &[f32]),
+    fixed: (&[f32], &[f32]),
     batch: Option<f32>,
     cfg: ConvBnCfg,
 ) -> Result<(Tensor, Option<BnStats>)> {
     if !(x.device().is_cpu() && x.dtype() == candle_core::DType::F32) {
-        // Other devices: the composed ops (candle's conv2d, the composed batch norm).
-        let z = super::conv2d(x, w, cfg.stride, cfg.padding)?;
-        let stats = batch.map(|_| BnStats::of(&z)).transpose()?;
-        let mut y = super::batch_norm(
-            &z,
-            gamma,
-            beta,
-            (fixed_mean, fixed_var),
-            stats.as_ref(),
-            batch.unwrap_or(0.0),
-            cfg.eps,
-        )?;
-        if let Some(r) = residual {
-            y = (y + r)?;
-        }
-        if cfg.relu {
-            y = y.relu()?;
-        }
-        if cfg.pool > 1 {
-            y = super::max_pool2d(&y, cfg.pool)?;
-        }
-        return Ok((y, stats));
+        return composed(x, w, gamma, beta, residual, fixed, batch, cfg);
     }
     let gb = Tensor::stack(&[gamma, beta], 0)?;
     let r_tracked = residual.is_some_and(|r| r.track_op());
     let keep = x.track_op() || w.track_op() || gb.track_op() || r_tracked;
-    let ck = w.dims().iter().skip(1).product::<usize>();
-    let recompute = residual.is_none() && !x.track_op() && !w.track_op() && ck <= RECOMPUTE_MAX_CK;
-    let w_dims: [usize; 4] = w
-        .dims()
-        .try_into()
-        .map_err(|_| candle_core::Error::Msg(format!("conv_bn: weight of shape {:?}", w.dims())))?;
+    let layer = Layer::new(w, residual.is_some(), fixed, batch, cfg, keep, x.track_op())?;
     let saved = Arc::new(Mutex::new(None));
     let op = ConvBnOp {
-        stride: cfg.stride,
-        pad: cfg.padding,
-        relu: cfg.relu,
-        pool: cfg.pool.max(1),
-        fixed_mean: fixed_mean.to_vec(),
-        fixed_var: fixed_var.to_vec(),
-        use_batch: batch.is_some(),
-        alpha: batch.unwrap_or(0.0),
-        eps: cfg.eps,
-        keep,
-        recompute,
-        residual: residual.map(|_| Residual {
-            w_dims,
-            w_tracked: w.track_op(),
-        }),
+        layer,
+        w_tracked: w.track_op(),
         saved: saved.clone(),
     };
     let x = x.contiguous()?;
@@ -1260,6 +1363,77 @@ fn conv_bn_op(
         .expect("conv_bn lock")
         .as_mut()
         .and_then(|s| s.stats.take());
+    Ok((y, stats))
+}
+
+impl Layer {
+    /// The layer for weight `w` (O, C, KH, KW); `keep`: a backward pass will follow;
+    /// `x_tracked`: the input needs a gradient (a frozen input and weight with a small C·KH·KW
+    /// recompute their convolution instead of storing it).
+    pub(super) fn new(
+        w: &Tensor,
+        residual: bool,
+        (fixed_mean, fixed_var): (&[f32], &[f32]),
+        batch: Option<f32>,
+        cfg: ConvBnCfg,
+        keep: bool,
+        x_tracked: bool,
+    ) -> Result<Self> {
+        let w_dims: [usize; 4] = w.dims().try_into().map_err(|_| {
+            candle_core::Error::Msg(format!("conv_bn: weight of shape {:?}", w.dims()))
+        })?;
+        let ck = w_dims[1] * w_dims[2] * w_dims[3];
+        let recompute = !residual && !x_tracked && !w.track_op() && ck <= RECOMPUTE_MAX_CK;
+        Ok(Self {
+            stride: cfg.stride,
+            pad: cfg.padding,
+            relu: cfg.relu,
+            pool: cfg.pool.max(1),
+            fixed_mean: fixed_mean.to_vec(),
+            fixed_var: fixed_var.to_vec(),
+            use_batch: batch.is_some(),
+            alpha: batch.unwrap_or(0.0),
+            eps: cfg.eps,
+            keep,
+            recompute,
+            residual,
+            w_dims,
+        })
+    }
+}
+
+/// The layer from candle's own ops (other devices and dtypes).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn composed(
+    x: &Tensor,
+    w: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    residual: Option<&Tensor>,
+    (fixed_mean, fixed_var): (&[f32], &[f32]),
+    batch: Option<f32>,
+    cfg: ConvBnCfg,
+) -> Result<(Tensor, Option<BnStats>)> {
+    let z = super::conv2d(x, w, cfg.stride, cfg.padding)?;
+    let stats = batch.map(|_| BnStats::of(&z)).transpose()?;
+    let mut y = super::batch_norm(
+        &z,
+        gamma,
+        beta,
+        (fixed_mean, fixed_var),
+        stats.as_ref(),
+        batch.unwrap_or(0.0),
+        cfg.eps,
+    )?;
+    if let Some(r) = residual {
+        y = (y + r)?;
+    }
+    if cfg.relu {
+        y = y.relu()?;
+    }
+    if cfg.pool > 1 {
+        y = super::max_pool2d(&y, cfg.pool)?;
+    }
     Ok((y, stats))
 }
 
