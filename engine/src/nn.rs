@@ -640,6 +640,10 @@ impl BatchNorm {
         Ok(y)
     }
 
+    fn has_unmix(&self) -> bool {
+        self.unmix.lock().expect("unmix lock poisoned").is_some()
+    }
+
     /// Remember a batch's statistics; in train mode, move the running statistics toward them
     /// (momentum, unbiased variance, as PyTorch).
     fn record(&self, stats: BnStats, mode: BnMode, rm: &[f32], rv: &[f32]) {
@@ -712,4 +716,60 @@ impl Linear {
         Ok(x.matmul(&self.weight.t().t()?)?
             .broadcast_add(&self.bias.t())?)
     }
+}
+
+/// One layer of [`conv_bn_chain`]: `bn(conv(act[input])) (+ act[residual]) (→ ReLU) (→ pool×pool
+/// max-pool)`. Activation 0 is the chain's input, activation `i + 1` the output of layer `i`.
+pub struct ChainLayer<'a> {
+    pub conv: &'a Conv2d,
+    pub bn: &'a BatchNorm,
+    pub input: usize,
+    pub residual: Option<usize>,
+    pub relu: bool,
+    pub pool: usize,
+}
+
+/// Runs a chain of conv-BN layers and returns the last one's output: on the CPU as one op
+/// (`ops::conv_bn_net`: no candle op, and no gradient hand-off through candle's autograd,
+/// between the layers), layer by layer with [`BatchNorm::forward_conv`] when a layer carries
+/// UnMix-TNS components. Values, gradients and running-statistic updates are the same either
+/// way.
+pub fn conv_bn_chain(x: &Tensor, layers: &[ChainLayer], mode: BnMode) -> Result<Tensor> {
+    if layers.iter().any(|l| l.bn.has_unmix()) {
+        let mut acts = vec![x.clone()];
+        for l in layers {
+            let r = l.residual.map(|r| acts[r].clone());
+            let y =
+                l.bn.fused(l.conv, &acts[l.input], r.as_ref(), mode, l.relu, l.pool)?;
+            acts.push(y);
+        }
+        return Ok(acts.pop().expect("the input is there"));
+    }
+    let batch = (mode != BnMode::Eval).then(|| mode.batch_weight());
+    let net: Vec<ops::NetLayer> = layers
+        .iter()
+        .map(|l| ops::NetLayer {
+            input: l.input,
+            residual: l.residual,
+            w: l.conv.weight.t(),
+            gamma: l.bn.weight.t(),
+            beta: l.bn.bias.t(),
+            fixed: (l.bn.running_mean.get(), l.bn.running_var.get()),
+            batch,
+            cfg: ops::ConvBnCfg {
+                stride: l.conv.stride,
+                padding: l.conv.padding,
+                eps: l.bn.eps,
+                relu: l.relu,
+                pool: l.pool,
+            },
+        })
+        .collect();
+    let (y, stats) = ops::conv_bn_net(x, &net)?;
+    for ((l, nl), s) in layers.iter().zip(&net).zip(stats) {
+        if let Some(s) = s {
+            l.bn.record(s, mode, &nl.fixed.0, &nl.fixed.1);
+        }
+    }
+    Ok(y)
 }

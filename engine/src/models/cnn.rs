@@ -3,7 +3,7 @@
 //! map goes 28 → 14 → 7 and the classifier sees 128·7·7 = 6272 features.
 
 use crate::error::Result;
-use crate::nn::{BatchNorm, BnMode, Conv2d, Linear, VarSource};
+use crate::nn::{conv_bn_chain, BatchNorm, BnMode, ChainLayer, Conv2d, Linear, VarSource};
 use candle_core::Tensor;
 
 pub struct Cnn {
@@ -48,11 +48,21 @@ impl Cnn {
     }
 
     pub fn forward_features(&self, x: &Tensor, mode: BnMode) -> Result<(Tensor, Tensor)> {
-        let mut h = x.clone();
-        for ((conv, bn), pool) in self.blocks.iter().zip(&self.pool_after) {
-            h = bn.forward_conv(conv, &h, mode, true, if *pool { 2 } else { 1 })?;
-        }
-        let f = h.flatten_from(1)?;
+        let chain: Vec<ChainLayer> = self
+            .blocks
+            .iter()
+            .zip(&self.pool_after)
+            .enumerate()
+            .map(|(i, ((conv, bn), pool))| ChainLayer {
+                conv,
+                bn,
+                input: i,
+                residual: None,
+                relu: true,
+                pool: if *pool { 2 } else { 1 },
+            })
+            .collect();
+        let f = conv_bn_chain(x, &chain, mode)?.flatten_from(1)?;
         let logits = self.fc.forward(&f)?;
         Ok((f, logits))
     }

@@ -4,7 +4,7 @@
 //! 1×1 convolution + BN (option B).
 
 use crate::error::{EngineError, Result};
-use crate::nn::{BatchNorm, BnMode, Conv2d, Linear, VarSource};
+use crate::nn::{conv_bn_chain, BatchNorm, BnMode, ChainLayer, Conv2d, Linear, VarSource};
 use candle_core::Tensor;
 
 struct Block {
@@ -40,16 +40,6 @@ impl Block {
             bn2: BatchNorm::new(vs, &format!("{name}.bn2"), cout)?,
             shortcut,
         })
-    }
-
-    fn forward(&self, x: &Tensor, mode: BnMode) -> Result<Tensor> {
-        let h = self.bn1.forward_conv(&self.conv1, x, mode, true, 1)?;
-        let s = match &self.shortcut {
-            Some((c, b)) => b.forward_conv(c, x, mode, false, 1)?,
-            None => x.clone(),
-        };
-        // relu(bn2(conv2(h)) + s) in one op.
-        self.bn2.forward_conv_add_relu(&self.conv2, &h, &s, mode)
     }
 }
 
@@ -102,13 +92,39 @@ impl ResNet {
     }
 
     pub fn forward_features(&self, x: &Tensor, mode: BnMode) -> Result<(Tensor, Tensor)> {
-        let mut h = self.stem_bn.forward_conv(&self.stem, x, mode, true, 1)?;
-        for b in &self.blocks {
-            h = b.forward(&h, mode)?;
-        }
+        let h = conv_bn_chain(x, &self.chain(), mode)?;
         let f = h.mean((2, 3))?;
         let logits = self.fc.forward(&f)?;
         Ok((f, logits))
+    }
+
+    /// The stem and the blocks as one chain of conv-BN layers: per block conv1 → bn1 → ReLU, the
+    /// projection shortcut (conv → BN) where there is one, then conv2 → bn2 + shortcut → ReLU.
+    fn chain(&self) -> Vec<ChainLayer<'_>> {
+        let layer = |conv, bn, input, residual, relu| ChainLayer {
+            conv,
+            bn,
+            input,
+            residual,
+            relu,
+            pool: 1,
+        };
+        let mut v = vec![layer(&self.stem, &self.stem_bn, 0, None, true)];
+        let mut x = 1;
+        for b in &self.blocks {
+            v.push(layer(&b.conv1, &b.bn1, x, None, true));
+            let h = v.len();
+            let s = match &b.shortcut {
+                Some((c, bn)) => {
+                    v.push(layer(c, bn, x, None, false));
+                    v.len()
+                }
+                None => x,
+            };
+            v.push(layer(&b.conv2, &b.bn2, h, Some(s), true));
+            x = v.len();
+        }
+        v
     }
 
     pub fn bns(&self) -> Vec<&BatchNorm> {

@@ -732,20 +732,21 @@ impl Layer {
         [g.b, g.o, hp, wp]
     }
 
-    /// The lengths of the inputs, checked against the geometry.
+    /// The lengths of the inputs, checked against the geometry (`x` where it is read).
     fn check_inputs(
         &self,
         g: &Geometry,
-        x: &[f32],
+        x: Option<&[f32]>,
         w: &[f32],
         gamma: &[f32],
         beta: &[f32],
     ) -> Result<()> {
         let o = g.o;
-        if x.len() != g.b * g.in_len() || w.len() != o * g.ck() {
+        let x_len = x.map_or(g.b * g.in_len(), |x| x.len());
+        if x_len != g.b * g.in_len() || w.len() != o * g.ck() {
             candle_core::bail!(
                 "conv_bn: {} input values and {} weights for input {:?} and weight {:?}",
-                x.len(),
+                x_len,
                 w.len(),
                 [g.b, g.c, g.h, g.w],
                 self.w_dims
@@ -772,7 +773,7 @@ impl Layer {
         beta: &[f32],
         r: Option<&[f32]>,
     ) -> Result<(Vec<f32>, Saved)> {
-        self.check_inputs(g, x, w, gamma, beta)?;
+        self.check_inputs(g, Some(x), w, gamma, beta)?;
         match r {
             Some(r) if !self.residual || r.len() != g.b * g.out_len() => candle_core::bail!(
                 "conv_bn: residual of {} values for an output of shape {:?}",
@@ -933,7 +934,8 @@ impl Layer {
     }
 
     /// The backward pass from the output gradient `dy`: `x`, `w`, `gamma`, `beta` as in the
-    /// forward, `y` its output (read only with a residual, for the ReLU mask).
+    /// forward (`x` is only read for the weight gradient or by a recomputing layer, and may be
+    /// empty otherwise), `y` its output (read only with a residual, for the ReLU mask).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn backward(
         &self,
@@ -950,7 +952,10 @@ impl Layer {
         if saved.z.is_empty() && !self.recompute && g.b * g.out_len() != 0 {
             candle_core::bail!("conv_bn: backward through a forward that kept no state");
         }
-        self.check_inputs(g, x, w, gamma, beta)?;
+        // x is read for the weight gradient and by a recomputing layer only (the network
+        // executor frees it otherwise).
+        let reads_x = tr.w || self.recompute;
+        self.check_inputs(g, reads_x.then_some(x), w, gamma, beta)?;
         let (z, nm, arg) = (&saved.z, &saved.nm, &saved.arg);
         let (o, hw, ck) = (g.o, g.hw_out(), g.ck());
         let (plen, hp, wp) = self.pooled(g);

@@ -20,12 +20,14 @@ pub mod batchnorm;
 pub mod conv;
 mod direct;
 pub mod fused;
+pub mod net;
 pub mod pool;
 mod winograd;
 
 pub use batchnorm::{batch_norm, BnStats};
 pub use conv::conv2d;
 pub use fused::{conv_bn, conv_bn_residual, ConvBnCfg};
+pub use net::{conv_bn_net, NetLayer};
 pub use pool::max_pool2d;
 
 use candle_core::{CpuStorage, Layout, Result, Storage, Tensor};
