@@ -238,33 +238,25 @@ fn grad_sums(dy: &[f32], z: &[f32], (scale, shift): (f32, f32), m: f32, relu: bo
     (s, t)
 }
 
-/// With a residual connection the ReLU mask cannot be recomputed from z alone: `g = dy` where the
-/// output `y > 0` (everywhere when `relu` is off) is written to `g` — it is also the residual's
-/// gradient — and Σg, Σg·(z − m) are returned; 8 f32 lanes, as [`grad_sums`].
+/// With a residual connection the ReLU mask cannot be recomputed from z alone: `g` (dy on entry)
+/// becomes `dy` where the output `y > 0` (everywhere when `relu` is off) and 0 elsewhere — it is
+/// also the residual's gradient — and Σg, Σg·(z − m) are returned; 8 f32 lanes, as [`grad_sums`].
 #[inline(always)]
-fn masked_grad_sums(
-    dy: &[f32],
-    y: &[f32],
-    z: &[f32],
-    g: &mut [f32],
-    m: f32,
-    relu: bool,
-) -> (f64, f64) {
+fn masked_grad_sums(g: &mut [f32], y: &[f32], z: &[f32], m: f32, relu: bool) -> (f64, f64) {
     let (mut s, mut t) = ([0f32; 8], [0f32; 8]);
-    let n = dy.len();
-    let (y, z, g) = (&y[..n], &z[..n], &mut g[..n]);
-    let (dc, drest) = dy.as_chunks::<8>();
+    let n = g.len();
+    let (y, z) = (&y[..n], &z[..n]);
     let ((yc, yrest), (zc, zrest)) = (y.as_chunks::<8>(), z.as_chunks::<8>());
     let (gc, grest) = g.as_chunks_mut::<8>();
     let pass = |d: f32, yv: f32| keep_if(d, !relu || yv > 0.0);
-    for (((d, yv), zv), gv) in dc.iter().zip(yc).zip(zc).zip(gc.iter_mut()) {
-        *gv = std::array::from_fn(|l| pass(d[l], yv[l]));
+    for ((yv, zv), gv) in yc.iter().zip(zc).zip(gc.iter_mut()) {
+        *gv = std::array::from_fn(|l| pass(gv[l], yv[l]));
         s = add8(s, *gv);
         t = add8(t, std::array::from_fn(|l| gv[l] * (zv[l] - m)));
     }
     let (mut s, mut t) = lanes_f64((s, t));
-    for (((d, yv), zv), gv) in drest.iter().zip(yrest).zip(zrest).zip(grest.iter_mut()) {
-        *gv = pass(*d, *yv);
+    for ((yv, zv), gv) in yrest.iter().zip(zrest).zip(grest.iter_mut()) {
+        *gv = pass(*gv, *yv);
         s += *gv as f64;
         t += (*gv * (zv - m)) as f64;
     }
@@ -606,12 +598,11 @@ wide_fn! {
 
 wide_fn! {
     /// The first pass with a residual, for one image: per channel [`masked_grad_sums`] into
-    /// `out`, writing g = dy·[y > 0] into `g`.
+    /// `out`, `g` (the output gradient dy) masked in place: g = dy·[y > 0].
     fn image_masked_sums(
-        dy: &[f32],
+        g: &mut [f32],
         y: &[f32],
         z: &[f32],
-        g: &mut [f32],
         mean: &[f32],
         relu: bool,
         out: &mut [(f64, f64)],
@@ -619,8 +610,8 @@ wide_fn! {
         let hw = z.len() / out.len().max(1);
         for (c, p) in out.iter_mut().enumerate() {
             let r = c * hw..(c + 1) * hw;
-            let (d, yp, zp) = (&dy[r.clone()], &y[r.clone()], &z[r.clone()]);
-            *p = masked_grad_sums(d, yp, zp, &mut g[r], mean[c], relu);
+            let (yp, zp) = (&y[r.clone()], &z[r.clone()]);
+            *p = masked_grad_sums(&mut g[r], yp, zp, mean[c], relu);
         }
     }
 }
@@ -936,6 +927,12 @@ impl Layer {
     /// The backward pass from the output gradient `dy`: `x`, `w`, `gamma`, `beta` as in the
     /// forward (`x` is only read for the weight gradient or by a recomputing layer, and may be
     /// empty otherwise), `y` its output (read only with a residual, for the ReLU mask).
+    ///
+    /// For the network executor: `pass1` says whether the first pass already ran (and then, with
+    /// a residual, `dy` is already masked and `Grads::dr` is `None`: `dy` is the residual's
+    /// gradient); `dx_out` whether the input gradient is a new vector or added into an existing
+    /// one; and `hook`, with one slot per image and input channel, runs after each image's input
+    /// gradient is complete (the first pass of the layer that produced the input).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn backward(
         &self,
@@ -948,6 +945,9 @@ impl Layer {
         y: Option<&[f32]>,
         dy: &[f32],
         tr: Tracked,
+        pass1: Pass1,
+        dx_out: DxOut,
+        hook: Option<(ImageHook, &mut [(f64, f64)])>,
     ) -> Result<Grads> {
         if saved.z.is_empty() && !self.recompute && g.b * g.out_len() != 0 {
             candle_core::bail!("conv_bn: backward through a forward that kept no state");
@@ -958,9 +958,8 @@ impl Layer {
         self.check_inputs(g, reads_x.then_some(x), w, gamma, beta)?;
         let (z, nm, arg) = (&saved.z, &saved.nm, &saved.arg);
         let (o, hw, ck) = (g.o, g.hw_out(), g.ck());
-        let (plen, hp, wp) = self.pooled(g);
-        let (k, wo) = (self.pool, g.wo);
-        let pooling = k > 1;
+        let (plen, _, _) = self.pooled(g);
+        let pooling = self.pool > 1;
         if dy.len() != g.b * o * plen {
             candle_core::bail!(
                 "conv_bn: output gradient of {} values for {} outputs",
@@ -968,76 +967,66 @@ impl Layer {
                 g.b * o * plen
             );
         }
-        // Offset in the conv output plane of window code a from the window's corner, and the
-        // corner of pooled output (oh, ow): oh·k·wo + ow·k.
-        let win: Vec<usize> = (0..k * k).map(|a| (a / k) * wo + a % k).collect();
-        let pool = pooling.then_some(PoolGeom {
-            k,
-            wo,
-            hp,
-            wp,
-            win: &win,
-        });
-        // The forward's scale and shift (γ and β have not changed since): the ReLU mask.
-        let (scale, shift) = scale_shift(nm, gamma, beta);
+        let (dl, al) = if pooling { (plen, plen) } else { (hw, 0) };
+        let ctx = Pass1Ctx::new(self, g, saved, gamma, beta);
         // A recomputing layer's input and weight are frozen (see `conv_bn`): only γ and β get
         // gradients, and z comes from the convolution of x again, image by image.
         if self.recompute && (tr.x || tr.w) {
             candle_core::bail!("conv_bn: recomputed layer with a tracked input or weight");
         }
-        let replan = self.recompute.then(|| Plan::forward(g, w));
         let olen = g.out_len();
-        // With a residual, pass 1 (below) reads the mask from y and writes g = dy·[y > 0]: the
-        // residual's gradient, and what the rest of the backward reads instead of dy.
-        let masked = if self.residual {
-            let yv = match y {
-                Some(y) if y.len() == dy.len() => y,
-                _ => candle_core::bail!("conv_bn: the residual layer's backward needs its output"),
-            };
-            // SAFETY: image_masked_sums writes every element of every image.
-            let mut gm = unsafe { uninit_f32(dy.len()) };
-            let mut partial = vec![(0f64, 0f64); g.b * o];
-            gm.par_chunks_mut(olen)
-                .zip(partial.par_chunks_mut(o))
-                .enumerate()
-                .for_each(|(b, (gi, pb))| {
-                    let r = b * olen..(b + 1) * olen;
-                    let (d, yb, zb) = (&dy[r.clone()], &yv[r.clone()], &z[r]);
-                    image_masked_sums(d, yb, zb, gi, &nm.mean, self.relu, pb);
-                });
-            Some((gm, partial))
-        } else {
-            None
-        };
-        let (gm, partial) = if let Some((gm, partial)) = masked {
-            (Some(gm), partial)
-        } else {
-            // Pass 1: per image and channel Σg and Σg·(z − m), g = dy where y > 0.
-            let relu = self.relu;
-            let mut partial = vec![(0f64, 0f64); g.b * o];
-            partial.par_chunks_mut(o).enumerate().for_each_init(
-                || replan.as_ref().map(|p| (p.scratch(), vec![0f32; olen])),
-                |again, (b, pb)| {
-                    let zimg: &[f32] = match (again.as_mut(), &replan) {
-                        (Some((scratch, zb)), Some(p)) => {
-                            p.run(&x[b * g.in_len()..(b + 1) * g.in_len()], scratch, zb);
-                            zb
-                        }
-                        _ => &z[b * olen..(b + 1) * olen],
-                    };
-                    let (dl, al) = if pooling { (plen, plen) } else { (hw, 0) };
-                    let dyb = &dy[b * o * dl..(b + 1) * o * dl];
-                    let ab = &arg[b * o * al..(b + 1) * o * al];
-                    let ss = (&scale[..], &shift[..]);
-                    image_grad_sums(dyb, zimg, pool, ab, ss, &nm.mean, relu, pb);
-                },
-            );
-            (None, partial)
+        // With a residual, pass 1 reads the mask from y and writes g = dy·[y > 0]: the residual's
+        // gradient, and what the rest of the backward reads instead of dy.
+        let (gm, partial) = match pass1 {
+            Pass1::Done(partial) if !self.recompute => (None, partial),
+            Pass1::Done(_) => {
+                candle_core::bail!("conv_bn: first pass of a recomputed layer done elsewhere")
+            }
+            Pass1::Here if self.residual => {
+                let yv = match y {
+                    Some(y) if y.len() == dy.len() => y,
+                    _ => candle_core::bail!(
+                        "conv_bn: the residual layer's backward needs its output"
+                    ),
+                };
+                // SAFETY: every image is copied into, then masked in place.
+                let mut gm = unsafe { uninit_f32(dy.len()) };
+                let mut partial = vec![(0f64, 0f64); g.b * o];
+                gm.par_chunks_mut(olen)
+                    .zip(partial.par_chunks_mut(o))
+                    .enumerate()
+                    .for_each(|(b, (gi, pb))| {
+                        let r = b * olen..(b + 1) * olen;
+                        gi.copy_from_slice(&dy[r.clone()]);
+                        ctx.masked(b, gi, &yv[r], pb);
+                    });
+                (Some(gm), partial)
+            }
+            Pass1::Here => {
+                // Per image and channel Σg and Σg·(z − m), g = dy where y > 0.
+                let replan = self.recompute.then(|| Plan::forward(g, w));
+                let mut partial = vec![(0f64, 0f64); g.b * o];
+                partial.par_chunks_mut(o).enumerate().for_each_init(
+                    || replan.as_ref().map(|p| (p.scratch(), vec![0f32; olen])),
+                    |again, (b, pb)| {
+                        let zimg: &[f32] = match (again.as_mut(), &replan) {
+                            (Some((scratch, zb)), Some(p)) => {
+                                p.run(&x[b * g.in_len()..(b + 1) * g.in_len()], scratch, zb);
+                                zb
+                            }
+                            _ => &z[b * olen..(b + 1) * olen],
+                        };
+                        ctx.sums(b, &dy[b * o * dl..(b + 1) * o * dl], zimg, pb);
+                    },
+                );
+                (None, partial)
+            }
         };
         // With a residual, the rest reads g (already masked) instead of dy.
-        let (dyv, relu) = match &gm {
-            Some(gm) => (&gm[..], false),
-            None => (dy, self.relu),
+        let (dyv, relu) = match (&gm, self.residual) {
+            (Some(gm), _) => (&gm[..], false),
+            (None, true) => (dy, false),
+            (None, false) => (dy, self.relu),
         };
         let (mut sdy, mut sdyx) = (vec![0f64; o], vec![0f64; o]);
         for b in 0..g.b {
@@ -1069,56 +1058,117 @@ impl Layer {
                 )
             })
             .collect();
+        let pool = ctx.pool();
+        let (scale, shift) = (&ctx.scale[..], &ctx.shift[..]);
         let dz_image = |b: usize, dzb: &mut [f32]| {
-            let (dl, al) = if pooling { (plen, plen) } else { (hw, 0) };
             let dyb = &dyv[b * o * dl..(b + 1) * o * dl];
             let ab = &arg[b * o * al..(b + 1) * o * al];
             let zb = &z[b * olen..(b + 1) * olen];
-            image_dz(dyb, zb, pool, ab, (&scale, &shift), &coef, relu, dzb);
+            image_dz(dyb, zb, pool, ab, (scale, shift), &coef, relu, dzb);
         };
-        let par = inner_parallelism(g.b);
-        let cols_len = if g.pointwise() { 0 } else { ck * hw };
-        // SAFETY: `plan.run` writes every image's input gradient.
-        let mut dx = unsafe { uninit_f32(if tr.x { g.b * g.in_len() } else { 0 }) };
+        let in_len = g.in_len();
+        let c_in = g.c;
+        // The input gradient's destination: a new vector, or the one it is added into (each
+        // image's gradient computed into a buffer of its own first).
+        let adding = matches!(dx_out, DxOut::Add(_));
+        let mut new_dx = vec![];
+        let dx: &mut [f32] = match dx_out {
+            DxOut::Add(d) if tr.x => {
+                if d.len() != g.b * in_len {
+                    candle_core::bail!("conv_bn: input gradient to add into of {} values", d.len());
+                }
+                d
+            }
+            _ => {
+                // SAFETY: `plan.run` writes every image's input gradient.
+                new_dx = unsafe { uninit_f32(if tr.x { g.b * in_len } else { 0 }) };
+                &mut new_dx
+            }
+        };
+        let (hook, hook_sums) = match hook {
+            Some((h, s)) if tr.x => {
+                if s.len() != g.b * c_in {
+                    candle_core::bail!("conv_bn: {} first-pass slots for {} images", s.len(), g.b);
+                }
+                (Some(h), s)
+            }
+            _ => (None, &mut [][..]),
+        };
+        let hook_slots: Vec<&mut [(f64, f64)]> = if hook.is_some() {
+            hook_sums.chunks_mut(c_in).collect()
+        } else {
+            (0..g.b).map(|_| <&mut [(f64, f64)]>::default()).collect()
+        };
         let plan = Plan::input_grad(g, w);
+        // One image's input gradient into dxb (added when `adding`, through `tmp`), then the hook.
+        let finish = |b: usize,
+                      dzb: &[f32],
+                      s: &mut Scratch,
+                      tmp: &mut [f32],
+                      dxb: &mut [f32],
+                      slot: &mut [(f64, f64)]| {
+            if adding {
+                plan.run(dzb, s, tmp);
+                add_into(dxb, tmp);
+            } else {
+                plan.run(dzb, s, dxb);
+            }
+            if let Some(h) = hook {
+                h(b, dxb, slot);
+            }
+        };
+        let tmp_len = if adding { in_len } else { 0 };
         if !tr.w {
             // Input gradient only: every image on its own.
-            dx.par_chunks_mut(g.in_len()).enumerate().for_each_init(
-                || (vec![0f32; g.out_len()], plan.scratch()),
-                |(dzb, scratch), (b, dxb)| {
-                    dz_image(b, dzb);
-                    plan.run(dzb, scratch, dxb);
-                },
-            );
+            let mut slots = hook_slots;
+            dx.par_chunks_mut(in_len)
+                .zip(slots.par_iter_mut())
+                .enumerate()
+                .for_each_init(
+                    || (vec![0f32; g.out_len()], plan.scratch(), vec![0f32; tmp_len]),
+                    |(dzb, scratch, tmp), (b, (dxb, slot))| {
+                        dz_image(b, dzb);
+                        finish(b, dzb, scratch, tmp, dxb, slot);
+                    },
+                );
             return Ok(Grads {
-                dx: Some(dx),
+                dx: (!adding).then_some(new_dx),
                 dw: None,
                 dgb,
                 dr: gm.filter(|_| tr.r),
             });
         }
         // Weight gradient: fixed chunks of images, partial sums added in order.
+        let par = inner_parallelism(g.b);
+        let cols_len = if g.pointwise() { 0 } else { ck * hw };
         let chunks = g.b.div_ceil(WEIGHT_GRAD_CHUNK);
-        let in_len = g.in_len();
         let mut dx_chunks: Vec<&mut [f32]> = if tr.x {
             dx.chunks_mut(in_len * WEIGHT_GRAD_CHUNK).collect()
         } else {
             (0..chunks).map(|_| <&mut [f32]>::default()).collect()
         };
+        let mut slot_chunks: Vec<Vec<&mut [(f64, f64)]>> = Vec::with_capacity(chunks);
+        let mut slots = hook_slots.into_iter();
+        for _ in 0..chunks {
+            slot_chunks.push(slots.by_ref().take(WEIGHT_GRAD_CHUNK).collect());
+        }
         let partials: Vec<Vec<f32>> = dx_chunks
             .par_iter_mut()
+            .zip(slot_chunks.par_iter_mut())
             .enumerate()
-            .map(|(ci, dxc)| {
+            .map(|(ci, (dxc, sc))| {
                 let mut dw = vec![0f32; o * ck];
                 let mut dzb = vec![0f32; g.out_len()];
                 let mut cols = vec![0f32; cols_len];
+                let mut tmp = vec![0f32; tmp_len];
                 let mut scratch = tr.x.then(|| plan.scratch());
                 let first = ci * WEIGHT_GRAD_CHUNK;
                 for b in first..(first + WEIGHT_GRAD_CHUNK).min(g.b) {
                     dz_image(b, &mut dzb);
                     if let Some(s) = scratch.as_mut() {
                         let k = b - first;
-                        plan.run(&dzb, s, &mut dxc[k * in_len..(k + 1) * in_len]);
+                        let dxb = &mut dxc[k * in_len..(k + 1) * in_len];
+                        finish(b, &dzb, s, &mut tmp, dxb, sc[k]);
                     }
                     let xb = &x[b * in_len..(b + 1) * in_len];
                     let c: &[f32] = if g.pointwise() {
@@ -1138,11 +1188,139 @@ impl Layer {
             dw.iter_mut().zip(p).for_each(|(a, b)| *a += b);
         }
         Ok(Grads {
-            dx: tr.x.then_some(dx),
+            dx: (tr.x && !adding).then_some(new_dx),
             dw: Some(dw),
             dgb,
             dr: gm.filter(|_| tr.r),
         })
+    }
+}
+
+/// What the backward's first pass (per image and channel Σg and Σg·(z − m)) already did: the
+/// network executor runs it for a layer inside the backward of the layer that reads the
+/// layer's output, image by image while that image's gradient is in cache.
+pub(super) enum Pass1 {
+    /// Nothing: it runs in the backward pass.
+    Here,
+    /// The sums, per image and channel; with a residual, dy is already masked in place.
+    Done(Vec<(f64, f64)>),
+}
+
+/// Where a backward pass puts the input gradient.
+pub(super) enum DxOut<'a> {
+    /// A new vector, returned in `Grads::dx`.
+    New,
+    /// Added into this one (an activation that another layer has already sent its gradient
+    /// to); `Grads::dx` is then `None`.
+    Add(&'a mut [f32]),
+}
+
+/// Runs after each image's input gradient is complete: (image, that gradient, that image's
+/// first-pass slots of the layer that produced the input).
+pub(super) type ImageHook<'a> = &'a (dyn Fn(usize, &mut [f32], &mut [(f64, f64)]) + Sync);
+
+/// `dst += src`, element-wise (vectorized).
+#[inline(always)]
+fn add_into(dst: &mut [f32], src: &[f32]) {
+    add_planes(dst, src);
+}
+
+wide_fn! {
+    fn add_planes(dst: &mut [f32], src: &[f32]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d += s;
+        }
+    }
+}
+
+/// What one layer's first backward pass needs: the forward's scale and shift (the ReLU mask),
+/// the pooling geometry.
+pub(super) struct Pass1Ctx<'a> {
+    layer: &'a Layer,
+    saved: &'a Saved,
+    o: usize,
+    hw: usize,
+    plen: usize,
+    hp: usize,
+    wp: usize,
+    wo: usize,
+    scale: Vec<f32>,
+    shift: Vec<f32>,
+    /// Offset in the conv output plane of window code a from the window's corner.
+    win: Vec<usize>,
+}
+
+impl<'a> Pass1Ctx<'a> {
+    pub(super) fn new(
+        layer: &'a Layer,
+        g: &Geometry,
+        saved: &'a Saved,
+        gamma: &[f32],
+        beta: &[f32],
+    ) -> Self {
+        let k = layer.pool;
+        let (plen, hp, wp) = layer.pooled(g);
+        // The forward's scale and shift (γ and β have not changed since).
+        let (scale, shift) = scale_shift(&saved.nm, gamma, beta);
+        Self {
+            layer,
+            saved,
+            o: g.o,
+            hw: g.hw_out(),
+            plen,
+            hp,
+            wp,
+            wo: g.wo,
+            scale,
+            shift,
+            win: (0..k * k).map(|a| (a / k) * g.wo + a % k).collect(),
+        }
+    }
+
+    fn pool(&self) -> Option<PoolGeom<'_>> {
+        (self.layer.pool > 1).then_some(PoolGeom {
+            k: self.layer.pool,
+            wo: self.wo,
+            hp: self.hp,
+            wp: self.wp,
+            win: &self.win,
+        })
+    }
+
+    /// Without a residual: image b's sums from its output gradient and convolution output.
+    fn sums(&self, b: usize, dy_b: &[f32], z_b: &[f32], out: &mut [(f64, f64)]) {
+        let al = if self.pool().is_some() { self.plen } else { 0 };
+        let ab = &self.saved.arg[b * self.o * al..(b + 1) * self.o * al];
+        let ss = (&self.scale[..], &self.shift[..]);
+        let (mean, relu) = (&self.saved.nm.mean, self.layer.relu);
+        image_grad_sums(dy_b, z_b, self.pool(), ab, ss, mean, relu, out);
+    }
+
+    /// With a residual: image b's gradient masked in place (g = dy·[y > 0]) and its sums.
+    fn masked(&self, b: usize, g_b: &mut [f32], y_b: &[f32], out: &mut [(f64, f64)]) {
+        let olen = self.o * self.hw;
+        let z_b = &self.saved.z[b * olen..(b + 1) * olen];
+        image_masked_sums(g_b, y_b, z_b, &self.saved.nm.mean, self.layer.relu, out);
+    }
+
+    /// Image b's first pass, with its output gradient `dy_b` (masked in place with a residual,
+    /// `y_b` its output then). Not for recomputing layers (their z is not stored).
+    pub(super) fn image(
+        &self,
+        b: usize,
+        dy_b: &mut [f32],
+        y_b: Option<&[f32]>,
+        out: &mut [(f64, f64)],
+    ) {
+        debug_assert!(!self.layer.recompute);
+        match (self.layer.residual, y_b) {
+            (true, Some(y_b)) => self.masked(b, dy_b, y_b, out),
+            (true, None) => unreachable!("a residual layer's first pass reads its output"),
+            (false, _) => {
+                let olen = self.o * self.hw;
+                self.sums(b, dy_b, &self.saved.z[b * olen..(b + 1) * olen], out)
+            }
+        }
     }
 }
 
@@ -1235,12 +1413,15 @@ impl CustomOp3 for ConvBnOp {
                     with_f32(dy, |dyv| match self.layer.residual {
                         true => with_f32(res, |yv| {
                             let y = Some(yv);
-                            self.layer
-                                .backward(&g, saved, xv, wv, gamma, beta, y, dyv, tr)
+                            let (p1, out) = (Pass1::Here, DxOut::New);
+                            let l = &self.layer;
+                            l.backward(&g, saved, xv, wv, gamma, beta, y, dyv, tr, p1, out, None)
                         }),
-                        false => self
-                            .layer
-                            .backward(&g, saved, xv, wv, gamma, beta, None, dyv, tr),
+                        false => {
+                            let (p1, out) = (Pass1::Here, DxOut::New);
+                            let l = &self.layer;
+                            l.backward(&g, saved, xv, wv, gamma, beta, None, dyv, tr, p1, out, None)
+                        }
                     })
                 })
             })

@@ -12,8 +12,12 @@
 //!   output) and, with a residual connection, adds activation `residual` before its ReLU;
 //!   activations that the backward pass does not read are freed after their last use.
 //! - backward: in reverse order; the gradient of an activation read by several layers (a ResNet
-//!   block's input: its first convolution and its shortcut) is the sum of theirs, added in
-//!   place into the first one that arrives.
+//!   block's input: its first convolution and its shortcut, or its residual path) is the sum of
+//!   theirs, each image's share added in place, while in cache, into what arrived first. The
+//!   last layer to complete an activation's gradient also runs, image by image while that
+//!   gradient is in cache, the first backward pass of the activation's producer (its per-channel
+//!   Σg and Σg·(z − m), and with a residual the ReLU mask applied in place), which the producer
+//!   would otherwise run as a pass of its own over the whole gradient.
 //!
 //! The op's inputs are the images and one tensor that concatenates the parameters a gradient
 //! is wanted for (candle's `cat` hands each of them its slice back); the frozen ones are read
@@ -22,7 +26,9 @@
 
 use super::batchnorm::BnStats;
 use super::conv::Geometry;
-use super::fused::{composed, ConvBnCfg, Grads, Layer, Saved, Tracked};
+use super::fused::{
+    composed, ConvBnCfg, DxOut, Grads, ImageHook, Layer, Pass1, Pass1Ctx, Saved, Tracked,
+};
 use super::{f32_slice, with_f32};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use std::sync::{Arc, Mutex};
@@ -82,6 +88,29 @@ impl NetOp {
         } else {
             &acts[a - 1]
         }
+    }
+
+    /// Per activation a: the layer whose backward runs the first backward pass of a's producer
+    /// (layer a − 1) image by image, if any: the layer with the lowest index among those that
+    /// read a (the last, in backward order, to send a its gradient), provided it reads a as its
+    /// input and computes its gradient, and the producer stores its convolution output (a
+    /// recomputing layer does not).
+    fn pass1_fusers(&self) -> Vec<Option<usize>> {
+        let n = self.layers.len();
+        let mut fuser = vec![None; n + 1];
+        for (a, slot) in fuser.iter_mut().enumerate().take(n).skip(1) {
+            let first = (0..n).find(|&i| {
+                let (input, residual) = self.wiring[i];
+                input == a || residual == Some(a)
+            });
+            if let Some(i) = first {
+                let producer = &self.layers[a - 1];
+                if self.wiring[i].0 == a && self.act_tracked[a] && !producer.recompute {
+                    *slot = Some(i);
+                }
+            }
+        }
+        fuser
     }
 
     fn tracked(&self, i: usize) -> Tracked {
@@ -177,11 +206,17 @@ impl CustomOp2 for NetOp {
             .map(|i| self.layers[i].geometry(&ns.dims[self.wiring[i].0]))
             .collect::<Result<_>>()?;
         let mut dparams: Vec<Option<Vec<f32>>> = vec![None; 3 * n];
+        // The layer whose backward runs the first pass of each activation's producer: the last
+        // one (in backward order) to send that activation a gradient, when it reads it as its
+        // input (its input gradient is then complete image by image).
+        let fuser = self.pass1_fusers();
         let dx = with_f32(x, |xv| {
             with_f32(res, |out| {
                 with_f32(dy, |dyv| {
-                    // Gradients of activations 0..=n; the output's is candle's dy.
+                    // Gradients of activations 0..=n (the output's is candle's dy), and the
+                    // first-pass sums of layers whose first pass already ran.
                     let mut grads: Vec<Option<Vec<f32>>> = vec![None; n + 1];
+                    let mut pass1: Vec<Option<Vec<(f64, f64)>>> = vec![None; n];
                     for i in (0..n).rev() {
                         if !self.act_tracked[i + 1] {
                             // Nothing upstream of this layer's output needs a gradient.
@@ -189,14 +224,12 @@ impl CustomOp2 for NetOp {
                         }
                         let layer = &self.layers[i];
                         let (input, residual) = self.wiring[i];
-                        let d: &[f32] = if i + 1 == n {
-                            dyv
-                        } else {
-                            match &grads[i + 1] {
-                                Some(d) => d,
-                                // Nothing downstream reads this layer's output.
-                                None => continue,
-                            }
+                        let mine = grads[i + 1].take();
+                        let d: &[f32] = match (&mine, i + 1 == n) {
+                            (_, true) => dyv,
+                            (Some(d), false) => d,
+                            // Nothing downstream reads this layer's output.
+                            (None, false) => continue,
                         };
                         let [w, gamma, beta] = &self.params[i];
                         // A residual layer's output (its ReLU mask); the last one is the op's.
@@ -206,28 +239,86 @@ impl CustomOp2 for NetOp {
                         });
                         let xi = self.act(input, xv, &ns.acts);
                         let tr = self.tracked(i);
-                        let Grads { dx, dw, dgb, dr } = layer.backward(
-                            &geoms[i],
-                            &ns.saved[i],
-                            xi,
-                            w,
-                            gamma,
-                            beta,
-                            y,
-                            d,
-                            tr,
-                        )?;
-                        grads[i + 1] = None;
+                        let p1 = match pass1[i].take() {
+                            Some(sums) => Pass1::Done(sums),
+                            None => Pass1::Here,
+                        };
+                        let masked_here = matches!(p1, Pass1::Done(_)) && layer.residual;
+                        // The producer's first pass, image by image, on this input gradient.
+                        let producer = (fuser[input] == Some(i)).then(|| {
+                            let p = input - 1;
+                            let [_, pg, pb] = &self.params[p];
+                            let ctx =
+                                Pass1Ctx::new(&self.layers[p], &geoms[p], &ns.saved[p], pg, pb);
+                            let y_p = self.layers[p].residual.then(|| &ns.acts[p][..]);
+                            (p, ctx, y_p, vec![(0f64, 0f64); geoms[p].b * geoms[p].o])
+                        });
+                        let mut acc = grads[input].take();
+                        let dx_out = match acc.as_mut() {
+                            Some(a) => DxOut::Add(a),
+                            None => DxOut::New,
+                        };
+                        let in_len = geoms[i].in_len();
+                        let (grads_i, sums) = match producer {
+                            Some((p, ctx, y_p, mut slots)) => {
+                                let hook = |b: usize, dxb: &mut [f32], slot: &mut [(f64, f64)]| {
+                                    let yb = y_p.map(|y| &y[b * in_len..(b + 1) * in_len]);
+                                    ctx.image(b, dxb, yb, slot);
+                                };
+                                let h: ImageHook = &hook;
+                                let gr = layer.backward(
+                                    &geoms[i],
+                                    &ns.saved[i],
+                                    xi,
+                                    w,
+                                    gamma,
+                                    beta,
+                                    y,
+                                    d,
+                                    tr,
+                                    p1,
+                                    dx_out,
+                                    Some((h, &mut slots)),
+                                )?;
+                                (gr, Some((p, slots)))
+                            }
+                            None => {
+                                let gr = layer.backward(
+                                    &geoms[i],
+                                    &ns.saved[i],
+                                    xi,
+                                    w,
+                                    gamma,
+                                    beta,
+                                    y,
+                                    d,
+                                    tr,
+                                    p1,
+                                    dx_out,
+                                    None,
+                                )?;
+                                (gr, None)
+                            }
+                        };
+                        if let Some((p, slots)) = sums {
+                            pass1[p] = Some(slots);
+                        }
+                        let Grads { dx, dw, dgb, dr } = grads_i;
                         let o = geoms[i].o;
                         dparams[3 * i] = dw;
                         dparams[3 * i + 1] = Some(dgb[..o].to_vec());
                         dparams[3 * i + 2] = Some(dgb[o..].to_vec());
-                        for (a, gr) in [(Some(input), dx), (residual, dr)] {
-                            if let (Some(a), Some(gr)) = (a, gr) {
-                                match &mut grads[a] {
-                                    Some(acc) => add_assign(acc, &gr),
-                                    slot => *slot = Some(gr),
-                                }
+                        grads[input] = acc.or(dx);
+                        // With the first pass done by the consumer, this layer's own gradient
+                        // buffer holds g = dy·[y > 0]: the residual's gradient.
+                        let dr = match masked_here {
+                            true => mine.filter(|_| tr.r),
+                            false => dr,
+                        };
+                        if let (Some(r), Some(dr)) = (residual, dr) {
+                            match &mut grads[r] {
+                                Some(acc) => add_assign(acc, &dr),
+                                slot => *slot = Some(dr),
                             }
                         }
                     }
