@@ -225,7 +225,7 @@ pub(super) enum Plan<'a> {
 pub(super) enum Scratch {
     Cols(Vec<f32>),
     Direct(direct::Scratch),
-    Winograd(winograd::Scratch),
+    Winograd(Box<winograd::Scratch>),
 }
 
 impl<'a> Plan<'a> {
@@ -281,7 +281,7 @@ impl<'a> Plan<'a> {
                 }
             ]),
             Plan::Direct { packed, .. } => Scratch::Direct(packed.scratch()),
-            Plan::Winograd { packed, .. } => Scratch::Winograd(packed.scratch()),
+            Plan::Winograd { packed, .. } => Scratch::Winograd(Box::new(packed.scratch())),
         }
     }
 

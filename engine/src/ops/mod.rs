@@ -7,10 +7,10 @@
 //! BatchNorm, so training and adaptation on CPU spend their time in matrix multiplies. On CPUs
 //! with AVX-512, 3×3 stride-1 convolutions of planes at least 7 wide with at least 4 channels
 //! skip im2col and col2im altogether (`direct`: a register-blocked direct convolution, forward
-//! and input gradient), and those with at least 8 channels on planes whose 2×2 tiles fill
-//! 16-wide vectors well (28 × 28 and 14 × 14, not 7 × 7) go through Winograd F(2×2, 3×3)
-//! (`winograd`: 16 multiplies per 2×2 output tile instead of 36, the products in the direct
-//! kernel's register blocking). On other devices the same functions
+//! and input gradient), and those with at least 32 input and output channels on planes whose
+//! 2×2 tiles fill 16-wide vectors well (14 × 14, 7 × 7) go through Winograd F(2×2, 3×3)
+//! (`winograd`: 16 multiplies per 2×2 output tile instead of 36, blocked 16 tiles at a time).
+//! On other devices the same functions
 //! fall back to candle's own ops, so a CUDA build keeps working.
 //!
 //! Each op is checked against candle's composed reference (forward values and gradients) in its

@@ -4,8 +4,7 @@
 //! Per image: each input channel's plane is cut into overlapping 4×4 patches `d` (one per 2×2
 //! output tile, 2 apart) and transformed, `V = Bᵀ d B`; the weights once per step, `U = G g Gᵀ`;
 //! then for each of the 16 transform positions ξ one matrix product over the channels,
-//! `M_ξ (O × tiles) = U_ξ (O × C) · V_ξ (C × tiles)`, in the register-blocked kernel of
-//! [`super::direct`]; and each output tile is `Aᵀ M A`. With
+//! `M_ξ (O × tiles) = U_ξ (O × C) · V_ξ (C × tiles)`; and each output tile is `Aᵀ M A`. With
 //!
 //! ```text
 //! Bᵀ = [1  0 −1  0]    G = [1    0   0]    Aᵀ = [1 1  1  0]
@@ -15,36 +14,43 @@
 //! ```
 //!
 //! this is exactly the 3×3 cross-correlation, up to rounding (checked against the exact f64
-//! convolution in the tests: closer to it than im2col + GEMM). The input gradient is the same convolution of the output gradient with the
-//! weights transposed and flipped, as for the direct kernel.
+//! convolution in the tests: closer to it than im2col + GEMM). The input gradient is the same
+//! convolution of the output gradient with the weights transposed and flipped, as for the direct
+//! kernel.
 //!
-//! Layout. The zero-bordered input plane is stored as four quarter planes, by the parity of its
-//! rows and of its columns, each `tw + 1` wide (`tw` tiles per row, plus one junk tile that reads
-//! into the next row: its outputs are dropped). Tile `t = ty·(tw + 1) + tx` then finds patch
-//! entry `d[r][k]` in quarter `(r mod 2, k mod 2)` at `t + ⌊r/2⌋·(tw + 1) + ⌊k/2⌋`: every read of
-//! the input transform is a unit-stride walk over a flat array, which the compiler vectorizes.
-//! The output transform writes the output's even and odd rows, two values per tile in each.
+//! Blocking. The tiles go 16 at a time (one AVX-512 vector): the block's V for every input
+//! channel (16 × C vectors), then per 16 output channels the 16 products, each summed over the
+//! input channels in 16 accumulator registers, into M (16 × 16 vectors, in L1), and the output
+//! transform of those 16 channels into a stage that holds, per output channel, the tiles'
+//! four outputs as four planes; the stage's planes are interleaved into the output rows at the
+//! end. Nothing of one block but the stage leaves L1.
+//!
+//! Layout. The zero-bordered input plane is stored as eight planes of `th + 1` rows of `tw`
+//! (`th × tw` tiles, with no tile past the right edge): by the parity rp of the padded row, the
+//! parity kp of the padded column and a column shift s, plane (rp, kp, s) holds padded value
+//! `(2·ty + rp, 2·(tx + s) + kp)` at `ty·tw + tx`. Tile `t = ty·tw + tx` then finds patch entry
+//! `d[r][k]` in plane `(r mod 2, k mod 2, ⌊k/2⌋)` at `t + ⌊r/2⌋·tw`: every read of the input
+//! transform is an unaligned vector load, and the tiles are dense (196 for 28 × 28, 49 for
+//! 14 × 14, 16 for 7 × 7: one vector per image). Each input value lands in two of the planes
+//! (a row is split into its even and odd columns by two permutations, then written with masked
+//! stores).
 
 use super::conv::Geometry;
-use super::direct::{kernel, taps};
-use super::{has_avx512f, wide_fn};
+use super::direct::taps;
+use super::has_avx512f;
 
-/// GEMM blocks, (output channels, 16-tile vectors). (16, 1) pads the tiles only to the next 16,
-/// which is what the small tile counts here need (210 and 56 on the padded grids of 28 × 28 and
-/// 14 × 14).
-const BLOCKS: [(usize, usize); 3] = [(16, 1), (8, 3), (6, 4)];
-
-/// Fewer input or output channels leave each transformed value too few multiply-adds to pay
-/// for its transform (at 16 the transforms already cost about a third of the products); the
-/// threshold itself is not measured: ResNet-20 and the CNN have 16 or more wherever it applies.
-pub(super) const MIN_CHANNELS: usize = 8;
+/// With fewer input or output channels each transformed value gets too few multiply-adds to pay
+/// for its transforms. Measured per image, one thread, forward (Intel Xeon with two AVX-512 FMA
+/// units, 2026-12-04): 16 → 16 at 28 × 28 30 µs against the direct
+/// kernel's 27; 32 → 32 at 14 × 14 26 against 27.5; 64 → 64 at 7 × 7 19.5 against 29.5;
+/// 32 → 64 at 14 × 14 44 against 56; 64 → 128 at 7 × 7 36 against 58 (`attune-bench kernels`).
+pub(super) const MIN_CHANNELS: usize = 32;
 
 /// True when `g` is a 3×3 / stride 1 / padding 1 convolution that this path handles here, on a
 /// plane whose tiles fill the 16-tile vectors well enough: at most 1.5× as many positions computed
-/// as there are outputs. 28 × 28 computes 896 for 784 (224 tiles) and is 1.2–1.3× faster than the
-/// direct kernel, 14 × 14 256 for 196 (1.5×); 7 × 7 would compute 128 for 49 and is no faster.
+/// as there are outputs (28 × 28: 832 for 784; 14 × 14: 256 for 196; 7 × 7: 64 for 49).
 pub(super) fn usable(g: &Geometry) -> bool {
-    let tiles = (g.h.div_ceil(2) * (g.w.div_ceil(2) + 1)).next_multiple_of(16);
+    let tiles = (g.h.div_ceil(2) * g.w.div_ceil(2)).next_multiple_of(16);
     2 * 4 * tiles <= 3 * g.h * g.w
         && g.kh == 3
         && g.kw == 3
@@ -72,42 +78,37 @@ fn transform_weight(g: [f64; 9]) -> [f32; 16] {
     u
 }
 
-/// Transformed weights in GEMM order and the geometry of one image.
+/// Transformed weights in kernel order and the geometry of one image.
 pub(super) struct Packed {
-    /// Per ξ, per block of `ob` output channels, per input channel: the block's `ob` values
-    /// (zero past the last channel).
+    /// Per ξ, per block of 16 output channels, per input channel: the block's 16 values (zero
+    /// past the last channel).
     u: Vec<f32>,
     cin: usize,
     cout: usize,
     h: usize,
     wd: usize,
-    /// Tile rows, and tiles per row including the junk one.
+    /// Tile rows and tiles per row.
     th: usize,
-    tw1: usize,
-    ob: usize,
-    pb: usize,
+    tw: usize,
 }
+
+/// Output channels per block of the products, and tiles per block: one 16-float vector.
+const OB: usize = 16;
+const TB: usize = 16;
 
 impl Packed {
     /// The forward convolution of `g` with weights `w` (O × C × 3 × 3), or its input gradient
     /// (see [`taps`]).
     pub(super) fn new(g: &Geometry, w: &[f32], input_grad: bool) -> Self {
         let (cin, cout, at) = taps(g, w, input_grad);
-        let (th, tw1) = (g.h.div_ceil(2), g.w.div_ceil(2) + 1);
-        let tiles = th * tw1;
-        // The block shape that computes the fewest outputs (ties: the first).
-        let (ob, pb) = BLOCKS
-            .into_iter()
-            .min_by_key(|&(ob, pb)| cout.div_ceil(ob) * ob * tiles.next_multiple_of(16 * pb))
-            .expect("BLOCKS is not empty");
-        let blocks = cout.div_ceil(ob);
-        let mut u = vec![0f32; 16 * blocks * cin * ob];
+        let blocks = cout.div_ceil(OB);
+        let mut u = vec![0f32; 16 * blocks * cin * OB];
         for o in 0..cout {
             for c in 0..cin {
                 let t = transform_weight(std::array::from_fn(|k| at(o, c, k) as f64));
-                let (b, j) = (o / ob, o % ob);
+                let (b, j) = (o / OB, o % OB);
                 for (xi, v) in t.into_iter().enumerate() {
-                    u[((xi * blocks + b) * cin + c) * ob + j] = v;
+                    u[((xi * blocks + b) * cin + c) * OB + j] = v;
                 }
             }
         }
@@ -117,231 +118,298 @@ impl Packed {
             cout,
             h: g.h,
             wd: g.w,
-            th,
-            tw1,
-            ob,
-            pb,
+            th: g.h.div_ceil(2),
+            tw: g.w.div_ceil(2),
         }
     }
 
     fn blocks(&self) -> usize {
-        self.cout.div_ceil(self.ob)
+        self.cout.div_ceil(OB)
     }
-    fn tiles(&self) -> usize {
-        self.th * self.tw1
-    }
-    /// Tiles the transforms compute: whole 16-float vectors (the last one's extra tiles are junk).
+    /// Tiles computed: whole 16-tile blocks (the last one's extra tiles are junk).
     fn tiles16(&self) -> usize {
-        self.tiles().next_multiple_of(16)
+        (self.th * self.tw).next_multiple_of(TB)
     }
-    /// Tiles per transformed plane, a whole number of kernel blocks.
-    fn tpad(&self) -> usize {
-        self.tiles().next_multiple_of(16 * self.pb)
-    }
-    /// Width of a row of the padded output plane (two per tile).
-    fn wp(&self) -> usize {
-        2 * self.tw1
-    }
-    /// One quarter plane of a padded input plane: `th + 1` rows of `tw1`, and what the junk
-    /// tiles read past them.
-    fn quarter_len(&self) -> usize {
-        self.tiles16() + self.tw1 + 1
-    }
-
-    /// Floats from one ξ to the next in V and in M: the planes plus one cache line, so that the
-    /// 16 streams of a transform do not all fall into the same two L1 sets (the planes alone are
-    /// often a multiple of 2 KiB: 16 × 224 floats).
-    fn v_stride(&self) -> usize {
-        self.cin * self.tpad() + 16
-    }
-    fn m_stride(&self) -> usize {
-        self.blocks() * self.ob * self.tpad() + 16
+    /// One of the eight planes of a channel's padded input (see [`Scratch::planes`]): `th + 1`
+    /// rows of `tw`, and what the junk tiles of the last block read past them.
+    fn plane_len(&self) -> usize {
+        self.tiles16() + self.tw
     }
 
     /// Buffers for [`Packed::run`], reusable for every image of the same convolution.
     pub(super) fn scratch(&self) -> Scratch {
         Scratch {
-            quarters: std::array::from_fn(|_| vec![0f32; self.cin * self.quarter_len()]),
-            v: vec![0f32; 16 * self.v_stride()],
-            m: vec![0f32; 16 * self.m_stride()],
-            y: vec![0f32; 4 * self.tiles16()],
+            planes: std::array::from_fn(|_| vec![0f32; self.cin * self.plane_len()]),
+            work: Work::new(self.cin),
+            stage: vec![0f32; self.cout * 4 * self.tiles16()],
         }
     }
 
-    /// `y (cout × H × W) = conv(x (cin × H × W))` for one image; `parallel` splits the 16
-    /// products and their channel blocks over the rayon pool (for batches smaller than the pool).
+    /// `y (cout × H × W) = conv(x (cin × H × W))` for one image; `parallel` splits the tile
+    /// blocks over the rayon pool (for batches smaller than the pool).
     pub(super) fn run(&self, x: &[f32], s: &mut Scratch, y: &mut [f32], parallel: bool) {
-        let (h, w, wp, ql) = (self.h, self.wd, self.wp(), self.quarter_len());
-        let (plane, tiles, tpad, tw1) = (h * w, self.tiles16(), self.tpad(), self.tw1);
-        let (cin, ob, blocks) = (self.cin, self.ob, self.blocks());
+        let (h, w, tw, pl) = (self.h, self.wd, self.tw, self.plane_len());
+        let (plane, tiles16, cin) = (h * w, self.tiles16(), self.cin);
+        // The kernels read and write through raw pointers: these sizes keep them in bounds.
         assert!(x.len() >= cin * plane && y.len() >= self.cout * plane);
-        // The kernel reads and writes through raw pointers: these sizes keep it in bounds.
-        let (vs, ms) = (self.v_stride(), self.m_stride());
         assert!(
-            s.v.len() >= 16 * vs && s.m.len() >= 16 * ms,
+            s.planes.iter().all(|p| p.len() >= cin * pl)
+                && s.work.v.len() >= 16 * cin * TB
+                && s.stage.len() >= self.cout * 4 * tiles16,
             "winograd convolution: scratch of another geometry"
         );
+        let planes_mut: [*mut f32; 8] = std::array::from_fn(|k| s.planes[k].as_mut_ptr());
         for c in 0..cin {
-            // Padded row i + 1 holds input row i, from column 1 on; the border stays zero from
-            // the allocation.
-            for i in 0..h {
-                let row = i + 1;
-                let (pr, at) = (row % 2, c * ql + row / 2 * tw1);
-                let [q0, q1] = &mut s.quarters[2 * pr..2 * pr + 2] else {
-                    unreachable!("two quarters per row parity")
-                };
-                split_columns(
-                    &x[c * plane + i * w..][..w],
-                    &mut q0[at..][..tw1],
-                    &mut q1[at..][..tw1],
-                );
-            }
-            let q: [&[f32]; 4] = std::array::from_fn(|k| &s.quarters[k][c * ql..(c + 1) * ql]);
-            input_tiles(q, tw1, tiles, &mut s.v[c * tpad..], vs);
+            // SAFETY: avx512f was detected (`usable`); the planes hold `cin` channels of `pl`
+            // (asserted above), of which this writes channel c's `th + 1` rows of `tw`.
+            unsafe { split_channel(&x[c * plane..(c + 1) * plane], planes_mut, c * pl, h, tw) };
         }
-        let u = &self.u;
-        let v = &s.v;
-        // The products of one ξ: every block of `ob` output channels.
-        let product = |xi: usize, mx: &mut [f32]| {
-            let vx = &v[xi * vs..xi * vs + cin * tpad];
-            for (b, m) in mx[..blocks * ob * tpad].chunks_mut(ob * tpad).enumerate() {
-                let k = xi * blocks + b;
-                let ub = &u[k * cin * ob..(k + 1) * cin * ob];
-                for q0 in (0..tpad).step_by(16 * self.pb) {
-                    // SAFETY: avx512f was detected (`usable`); the kernel reads `cin` planes of
-                    // `tpad` tiles of `vx` at q0 .. q0 + 16·pb ≤ tpad, `cin · ob` weights of
-                    // `ub`, and writes `ob` rows of `tpad` of `m` at the same positions.
-                    unsafe {
-                        match (ob, self.pb) {
-                            (16, 1) => kernel::<16, 1, 1>(vx, tpad, cin, &[0], ub, m, tpad, q0),
-                            (8, 3) => kernel::<8, 3, 1>(vx, tpad, cin, &[0], ub, m, tpad, q0),
-                            (6, 4) => kernel::<6, 4, 1>(vx, tpad, cin, &[0], ub, m, tpad, q0),
-                            other => unreachable!("block shape {other:?} is not in BLOCKS"),
+        let nb = tiles16 / TB;
+        let stage = StagePtr(s.stage.as_mut_ptr());
+        let planes: [&[f32]; 8] = std::array::from_fn(|k| &s.planes[k][..]);
+        // SAFETY (both arms): avx512f was detected (`usable`); `blocks` writes only the stage
+        // columns of its own tile blocks, and the sizes were checked above.
+        if parallel {
+            use rayon::prelude::*;
+            (0..nb).into_par_iter().for_each_init(
+                || Work::new(cin),
+                |work, b| unsafe { self.blocks_of(&planes, b..b + 1, work, stage) },
+            );
+        } else {
+            unsafe { self.blocks_of(&planes, 0..nb, &mut s.work, stage) };
+        }
+        // Even and odd output rows from the stage, two values per tile each.
+        for o in 0..self.cout {
+            let st = &s.stage[o * 4 * tiles16..(o + 1) * 4 * tiles16];
+            // SAFETY: avx512f was detected (`usable`); the stage holds four planes of
+            // `tiles16` ≥ th·tw for this channel.
+            unsafe { interleave_channel(st, tiles16, &mut y[o * plane..(o + 1) * plane], w, tw) };
+        }
+    }
+
+    /// The tile blocks `range`: input transform, the 16 products per block of 16 output
+    /// channels, output transform into the stage (per output channel, the four outputs of
+    /// each tile as four planes of `tiles16`).
+    ///
+    /// # Safety
+    /// AVX-512F; `planes` and the stage are of this geometry (checked in [`Packed::run`]), and
+    /// no two callers at the same time share a tile block.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn blocks_of(
+        &self,
+        planes: &[&[f32]; 8],
+        range: std::ops::Range<usize>,
+        work: &mut Work,
+        stage: StagePtr,
+    ) {
+        use std::arch::x86_64::*;
+        let (cin, tw, pl, tiles16) = (self.cin, self.tw, self.plane_len(), self.tiles16());
+        let blocks = self.blocks();
+        let v = work.v.as_mut_ptr();
+        let m = work.m.as_mut_ptr();
+        for b in range {
+            let t0 = b * TB;
+            // V = Bᵀ d B for the block's tiles, every channel: v[c][ξ] is 16 tiles.
+            for c in 0..cin {
+                let d = |r: usize, k: usize| {
+                    let p = planes[4 * (r % 2) + 2 * (k % 2) + k / 2].as_ptr();
+                    _mm512_loadu_ps(p.add(c * pl + t0 + (r / 2) * tw))
+                };
+                let mut a = [[_mm512_setzero_ps(); 4]; 4];
+                for (r, ar) in a.iter_mut().enumerate() {
+                    let (e0, e1, e2, e3) = (d(r, 0), d(r, 1), d(r, 2), d(r, 3));
+                    *ar = [
+                        _mm512_sub_ps(e0, e2),
+                        _mm512_add_ps(e1, e2),
+                        _mm512_sub_ps(e2, e1),
+                        _mm512_sub_ps(e1, e3),
+                    ];
+                }
+                #[allow(clippy::needless_range_loop)]
+                for s in 0..4 {
+                    let at = |row: usize| v.add((c * 16 + 4 * row + s) * TB);
+                    _mm512_storeu_ps(at(0), _mm512_sub_ps(a[0][s], a[2][s]));
+                    _mm512_storeu_ps(at(1), _mm512_add_ps(a[1][s], a[2][s]));
+                    _mm512_storeu_ps(at(2), _mm512_sub_ps(a[2][s], a[1][s]));
+                    _mm512_storeu_ps(at(3), _mm512_sub_ps(a[1][s], a[3][s]));
+                }
+            }
+            for ob in 0..blocks {
+                // M_ξ (16 channels × 16 tiles) = U_ξ · V_ξ, summed over the input channels in order.
+                for xi in 0..16 {
+                    let mut acc = [_mm512_setzero_ps(); OB];
+                    let ub = self.u.as_ptr().add((xi * blocks + ob) * cin * OB);
+                    let vx = v.add(xi * TB);
+                    for c in 0..cin {
+                        let vc = _mm512_loadu_ps(vx.add(c * 16 * TB));
+                        let uc = ub.add(c * OB);
+                        for (j, a) in acc.iter_mut().enumerate() {
+                            *a = _mm512_fmadd_ps(_mm512_set1_ps(*uc.add(j)), vc, *a);
                         }
+                    }
+                    for (j, a) in acc.iter().enumerate() {
+                        _mm512_storeu_ps(m.add((xi * OB + j) * TB), *a);
+                    }
+                }
+                // Aᵀ M A per output channel: the tiles' four outputs into the stage.
+                for j in 0..OB.min(self.cout - ob * OB) {
+                    let e = |xi: usize| _mm512_loadu_ps(m.add((xi * OB + j) * TB));
+                    let mut p0 = [_mm512_setzero_ps(); 4];
+                    let mut p1 = [_mm512_setzero_ps(); 4];
+                    for s in 0..4 {
+                        p0[s] = _mm512_add_ps(_mm512_add_ps(e(s), e(4 + s)), e(8 + s));
+                        p1[s] = _mm512_sub_ps(_mm512_sub_ps(e(4 + s), e(8 + s)), e(12 + s));
+                    }
+                    let out = [
+                        _mm512_add_ps(_mm512_add_ps(p0[0], p0[1]), p0[2]),
+                        _mm512_sub_ps(_mm512_sub_ps(p0[1], p0[2]), p0[3]),
+                        _mm512_add_ps(_mm512_add_ps(p1[0], p1[1]), p1[2]),
+                        _mm512_sub_ps(_mm512_sub_ps(p1[1], p1[2]), p1[3]),
+                    ];
+                    let o = ob * OB + j;
+                    for (k, val) in out.into_iter().enumerate() {
+                        _mm512_storeu_ps(stage.0.add((o * 4 + k) * tiles16 + t0), val);
                     }
                 }
             }
-        };
-        if parallel {
-            use rayon::prelude::*;
-            s.m[..16 * ms]
-                .par_chunks_mut(ms)
-                .enumerate()
-                .for_each(|(xi, mx)| product(xi, mx));
-        } else {
-            for (xi, mx) in s.m[..16 * ms].chunks_mut(ms).enumerate() {
-                product(xi, mx);
-            }
         }
-        for o in 0..self.cout {
-            let (ye, yo) = s.y.split_at_mut(2 * tiles);
-            output_tiles(&s.m[o * tpad..], ms, tiles, ye, yo);
-            let yc = &mut y[o * plane..(o + 1) * plane];
-            for i in 0..h {
-                let src = if i % 2 == 0 { &*ye } else { &*yo };
-                let at = (i / 2) * wp;
-                yc[i * w..(i + 1) * w].copy_from_slice(&src[at..at + w]);
-            }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    unsafe fn blocks_of(
+        &self,
+        _: &[&[f32]; 8],
+        _: std::ops::Range<usize>,
+        _: &mut Work,
+        _: StagePtr,
+    ) {
+        unreachable!("winograd convolution without AVX-512 (`usable` is false)")
+    }
+}
+
+/// The stage's base pointer, shared by the tile blocks that write its disjoint columns.
+#[derive(Clone, Copy)]
+struct StagePtr(*mut f32);
+// SAFETY: the blocks that share it write disjoint elements (see `Packed::blocks_of`).
+unsafe impl Send for StagePtr {}
+unsafe impl Sync for StagePtr {}
+
+/// Per-worker buffers of one tile block: V (per input channel, 16 ξ × 16 tiles) and M (per ξ,
+/// 16 output channels × 16 tiles).
+pub(super) struct Work {
+    v: Vec<f32>,
+    m: Vec<f32>,
+}
+
+impl Work {
+    fn new(cin: usize) -> Self {
+        Self {
+            v: vec![0f32; 16 * cin * TB],
+            m: vec![0f32; 16 * OB * TB],
         }
     }
 }
 
 pub(super) struct Scratch {
-    /// The padded input planes' quarters, `cin` of each: (even rows, even columns), (even, odd),
-    /// (odd, even), (odd, odd).
-    quarters: [Vec<f32>; 4],
-    /// `V`: 16 × cin planes of `tpad` tiles.
-    v: Vec<f32>,
-    /// `M`: 16 × (blocks · ob) planes of `tpad` tiles.
-    m: Vec<f32>,
-    /// One output plane on the padded grid: its even rows, then its odd rows.
-    y: Vec<f32>,
+    /// The padded input planes of the `cin` channels, each as eight planes of `th + 1` rows of
+    /// `tw` (see the module documentation): by row parity rp, column parity kp and column shift
+    /// s, plane `4·rp + 2·kp + s` holds padded value `(2·ty + rp, 2·(tx + s) + kp)` at
+    /// `ty·tw + tx`.
+    planes: [Vec<f32>; 8],
+    work: Work,
+    /// Per output channel, the four outputs of each tile ((0, 0), (0, 1), (1, 0), (1, 1)) as
+    /// four planes of `tiles16`.
+    stage: Vec<f32>,
 }
 
-wide_fn! {
-    /// One input row into the padded plane's row, from column 1 on: its even columns (0-based in
-    /// the input: padded column j + 1 is odd) to `odd` from 0 on, its odd columns to `even` from 1
-    /// on.
-    fn split_columns(x: &[f32], even: &mut [f32], odd: &mut [f32]) {
-        let (pairs, last) = x.as_chunks::<2>();
-        let n = pairs.len();
-        for ((p, e), o) in pairs.iter().zip(&mut even[1..=n]).zip(&mut odd[..n]) {
-            *o = p[0];
-            *e = p[1];
-        }
-        if let [v] = last {
-            odd[n] = *v;
+/// Lane masks of the first `n` lanes (all 16 from 16 on).
+#[inline(always)]
+fn lanes(n: usize) -> u16 {
+    if n >= 16 {
+        u16::MAX
+    } else {
+        (1u16 << n) - 1
+    }
+}
+
+/// One channel's input plane `x` (H × W) into its eight planes (each at `off` in `p[k]`): padded
+/// row `i + 1` and padded column `2·(tx + s) + kp` (input column `2·(tx + s) + kp − 1`) to plane
+/// `4·rp + 2·kp + s` at `⌊(i + 1)/2⌋·tw + tx`, rp the row's parity. Per row and 16 tiles, the
+/// even and odd columns are split by two permutations and written with masked stores. The
+/// padded border (column 0, past column W, row 0, past row H) is never written: it stays zero.
+///
+/// # Safety
+/// AVX-512F; each `p[k] + off` points to `(⌊H/2⌋ + 1)·tw` writable floats, `tw = ⌈W/2⌉`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn split_channel(x: &[f32], p: [*mut f32; 8], off: usize, h: usize, tw: usize) {
+    use std::arch::x86_64::*;
+    let w = x.len() / h.max(1);
+    assert!(x.len() == h * w && tw == w.div_ceil(2));
+    let even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    let odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    for t0 in (0..tw).step_by(16) {
+        // Input columns 2·t0 .. 2·t0 + n of every row, and the masks of this group of tiles.
+        let n = (w - 2 * t0).min(32);
+        let (ma, mb) = (lanes(n), lanes(n.saturating_sub(16)));
+        let (ne, no) = (n.div_ceil(2), n / 2);
+        // Even input column 2t: plane (1, 0) at t, plane (1, 1) at t − 1 (not before 0).
+        // Odd input column 2t + 1: plane (0, 1) at t, plane (0, 0) at t + 1 (up to tw − 1).
+        let m11 = lanes(ne) & !lanes((t0 == 0) as usize);
+        let m00 = lanes(no) & lanes(tw - 1 - t0);
+        for i in 0..h {
+            let src = x.as_ptr().add(i * w + 2 * t0);
+            let a = _mm512_maskz_loadu_ps(ma, src);
+            let b = _mm512_maskz_loadu_ps(mb, src.add(16));
+            let ev = _mm512_permutex2var_ps(a, even, b);
+            let od = _mm512_permutex2var_ps(a, odd, b);
+            let row = i + 1;
+            let (q, at) = (&p[4 * (row % 2)..], off + row / 2 * tw + t0);
+            _mm512_mask_storeu_ps(q[0].add(at + 1), m00, od);
+            _mm512_mask_storeu_ps(q[1].add(at), lanes(no), od);
+            _mm512_mask_storeu_ps(q[2].add(at), lanes(ne), ev);
+            _mm512_mask_storeu_ps(q[3].add(at).wrapping_sub(1), m11, ev);
         }
     }
 }
 
-wide_fn! {
-    /// `V = Bᵀ d B` for the `tiles` patches of one channel: entry ξ (row-major 4×4) of tile t
-    /// goes to `v[ξ·stride + t]`. `q`: the channel's quarter planes, rows `tw1` wide.
-    fn input_tiles(q: [&[f32]; 4], tw1: usize, tiles: usize, v: &mut [f32], stride: usize) {
-        // d[r][k] for every tile, as 16 shifted views of the quarters.
-        let d: [*const f32; 16] = std::array::from_fn(|i| {
-            let (r, k) = (i / 4, i % 4);
-            q[2 * (r % 2) + k % 2][(r / 2) * tw1 + k / 2..][..tiles].as_ptr()
-        });
-        // One output slice (which the compiler knows aliases none of the inputs), unchecked
-        // loads and stores, and no `array::from_fn` or `map` in the loop: with bounds-checked
-        // slices the compiler keeps a check per access, with `from_fn` an early exit per entry,
-        // and either way it leaves most of the loop scalar (`-C remark=loop-vectorize`, perf).
-        assert!(tiles <= stride && v.len() >= 15 * stride + tiles);
-        let v = v.as_mut_ptr();
-        for t in 0..tiles {
-            // Columns first: a[r] = d[r] · B.
-            let mut a = [[0f32; 4]; 4];
-            for (r, ar) in a.iter_mut().enumerate() {
-                // SAFETY: t < tiles, the length of each view (sliced above).
-                let e = |k: usize| unsafe { *d[4 * r + k].add(t) };
-                let (e0, e1, e2, e3) = (e(0), e(1), e(2), e(3));
-                *ar = [e0 - e2, e1 + e2, e2 - e1, e1 - e3];
-            }
-            // `s` is the column of all four rows of `a`.
-            #[allow(clippy::needless_range_loop)]
-            for s in 0..4 {
-                // SAFETY: (12 + s)·stride + t < 15·stride + tiles ≤ v.len() (asserted above).
-                unsafe {
-                    *v.add(s * stride + t) = a[0][s] - a[2][s];
-                    *v.add((4 + s) * stride + t) = a[1][s] + a[2][s];
-                    *v.add((8 + s) * stride + t) = a[2][s] - a[1][s];
-                    *v.add((12 + s) * stride + t) = a[1][s] - a[3][s];
-                }
-            }
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn split_channel(_: &[f32], _: [*mut f32; 8], _: usize, _: usize, _: usize) {
+    unreachable!("winograd convolution without AVX-512 (`usable` is false)")
+}
+
+/// One output channel (H × W, `y`) from its stage (four planes of `tiles16`: the tiles'
+/// outputs (0, 0), (0, 1), (1, 0), (1, 1)): row `2·ty + a`, column `2·tx + k` is entry
+/// `ty·tw + tx` of plane `2·a + k`.
+///
+/// # Safety
+/// AVX-512F; `st` holds four planes of `tiles16` ≥ ⌈H/2⌉·tw, `tw = ⌈W/2⌉`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn interleave_channel(st: &[f32], tiles16: usize, y: &mut [f32], w: usize, tw: usize) {
+    use std::arch::x86_64::*;
+    let h = y.len() / w.max(1);
+    assert!(y.len() == h * w && tw == w.div_ceil(2) && st.len() >= 4 * tiles16);
+    assert!(h.div_ceil(2) * tw <= tiles16);
+    let idx = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    for t in (0..tw).step_by(8) {
+        let m8 = lanes((tw - t).min(8));
+        let mo = lanes((w - 2 * t).min(16));
+        for i in 0..h {
+            let (a, ty) = (i % 2, i / 2);
+            let src = st.as_ptr().add(2 * a * tiles16 + ty * tw + t);
+            let va = _mm512_maskz_loadu_ps(m8, src);
+            let vb = _mm512_maskz_loadu_ps(m8, src.add(tiles16));
+            let out = _mm512_permutex2var_ps(va, idx, vb);
+            _mm512_mask_storeu_ps(y.as_mut_ptr().add(i * w + 2 * t), mo, out);
         }
     }
 }
 
-wide_fn! {
-    /// `Aᵀ M A` for the `tiles` tiles of one output channel, whose entry ξ of tile t is
-    /// `m[ξ·stride + t]`, written as the channel's padded-grid plane: even rows to `ye`, odd rows
-    /// to `yo`, two values per tile in each.
-    fn output_tiles(m: &[f32], stride: usize, tiles: usize, ye: &mut [f32], yo: &mut [f32]) {
-        // Unchecked, for the reason given in `input_tiles`.
-        assert!(tiles <= stride && m.len() >= 15 * stride + tiles);
-        assert!(ye.len() >= 2 * tiles && yo.len() >= 2 * tiles);
-        let (m, ye, yo) = (m.as_ptr(), ye.as_mut_ptr(), yo.as_mut_ptr());
-        for t in 0..tiles {
-            // SAFETY: ξ·stride + t < 15·stride + tiles ≤ m.len() and 2t + 1 < 2·tiles ≤ the
-            // lengths of ye and yo (asserted above).
-            unsafe {
-                let e = |xi: usize| *m.add(xi * stride + t);
-                // Rows first: p[a][s] = (Aᵀ M)[a][s].
-                let mut p0 = [0f32; 4];
-                let mut p1 = [0f32; 4];
-                for s in 0..4 {
-                    p0[s] = e(s) + e(4 + s) + e(8 + s);
-                    p1[s] = e(4 + s) - e(8 + s) - e(12 + s);
-                }
-                *ye.add(2 * t) = p0[0] + p0[1] + p0[2];
-                *ye.add(2 * t + 1) = p0[1] - p0[2] - p0[3];
-                *yo.add(2 * t) = p1[0] + p1[1] + p1[2];
-                *yo.add(2 * t + 1) = p1[1] - p1[2] - p1[3];
-            }
-        }
-    }
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn interleave_channel(_: &[f32], _: usize, _: &mut [f32], _: usize, _: usize) {
+    unreachable!("winograd convolution without AVX-512 (`usable` is false)")
 }
 
 #[cfg(test)]
@@ -466,14 +534,18 @@ mod tests {
     fn small_planes_and_channel_counts_and_other_kernels_are_not_taken() {
         let g = |xs: [usize; 4], ws: [usize; 4], s, p| Geometry::new(&xs, &ws, s, p).unwrap();
         if has_avx512f() {
-            assert!(usable(&g([1, 16, 28, 28], [16, 16, 3, 3], 1, 1)));
+            assert!(usable(&g([1, 32, 28, 28], [32, 32, 3, 3], 1, 1)));
             assert!(usable(&g([1, 32, 14, 14], [32, 32, 3, 3], 1, 1)));
+            assert!(usable(&g([1, 64, 7, 7], [64, 64, 3, 3], 1, 1)));
+            assert!(usable(&g([1, 32, 14, 14], [64, 32, 3, 3], 1, 1)));
         }
-        assert!(!usable(&g([1, 64, 7, 7], [64, 64, 3, 3], 1, 1)));
-        assert!(!usable(&g([1, 7, 28, 28], [16, 7, 3, 3], 1, 1)));
-        assert!(!usable(&g([1, 16, 28, 28], [7, 16, 3, 3], 1, 1)));
-        assert!(!usable(&g([1, 16, 28, 28], [16, 16, 3, 3], 2, 1)));
-        assert!(!usable(&g([1, 16, 28, 28], [16, 16, 1, 1], 1, 0)));
-        assert!(!usable(&g([1, 16, 1, 28], [16, 16, 3, 3], 1, 1)));
+        // 16 channels: the direct kernel (ResNet-20's first stage).
+        assert!(!usable(&g([1, 16, 28, 28], [16, 16, 3, 3], 1, 1)));
+        assert!(!usable(&g([1, 32, 28, 28], [16, 32, 3, 3], 1, 1)));
+        // 5 × 5: 9 tiles computed as 16, 64 positions for 25.
+        assert!(!usable(&g([1, 32, 5, 5], [32, 32, 3, 3], 1, 1)));
+        assert!(!usable(&g([1, 32, 28, 28], [32, 32, 3, 3], 2, 1)));
+        assert!(!usable(&g([1, 32, 28, 28], [32, 32, 1, 1], 1, 0)));
+        assert!(!usable(&g([1, 32, 1, 28], [32, 32, 3, 3], 1, 1)));
     }
 }
