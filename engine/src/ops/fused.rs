@@ -35,12 +35,13 @@ use std::sync::{Arc, Mutex};
 
 /// What a forward pass leaves for the backward pass.
 pub(super) struct Saved {
-    /// The convolution output (pre-normalization), kept only when a gradient is needed.
-    z: Vec<f32>,
+    /// The convolution output (pre-normalization), kept only when a gradient is needed (or
+    /// the epilogue is deferred).
+    pub(super) z: Vec<f32>,
     /// With pooling: per pooled output, the position of the window's first maximum
     /// (`i·k + j`), or [`NO_GRAD`] when the maximum is a ReLU zero (no gradient passes).
     arg: Vec<u8>,
-    nm: BnNormalizer,
+    pub(super) nm: BnNormalizer,
     pub(super) stats: Option<BnStats>,
 }
 
@@ -75,6 +76,47 @@ pub(super) struct Layer {
     pub(super) residual: bool,
     /// (O, C, KH, KW).
     pub(super) w_dims: [usize; 4],
+    /// Leave the epilogue to the layer that reads the output: the forward keeps z (even
+    /// without `keep`) and returns no output; the reader gets [`Input::Virtual`]. The network
+    /// executor sets it for a plain layer (no residual, pooling or recomputation) whose output
+    /// only one layer reads, as its input.
+    pub(super) defer: bool,
+}
+
+/// A layer's input in the forward pass.
+#[derive(Clone, Copy)]
+pub(super) enum Input<'a> {
+    /// The input itself.
+    Plain(&'a [f32]),
+    /// `act(z·scale + shift)` per channel: the output of a layer that deferred its epilogue,
+    /// computed here image by image into a buffer that stays in cache (instead of a pass over
+    /// the whole batch that writes it to memory and a read of it back).
+    Virtual {
+        z: &'a [f32],
+        scale: &'a [f32],
+        shift: &'a [f32],
+        relu: bool,
+    },
+}
+
+impl Input<'_> {
+    /// Image b's input (`len` values): a slice of the plain input, or the producer's epilogue
+    /// applied into `tmp`.
+    fn image<'s>(&'s self, b: usize, len: usize, tmp: &'s mut [f32]) -> &'s [f32] {
+        match *self {
+            Input::Plain(x) => &x[b * len..(b + 1) * len],
+            Input::Virtual {
+                z,
+                scale,
+                shift,
+                relu,
+            } => {
+                let zb = &z[b * len..(b + 1) * len];
+                epilogue_planes(&mut tmp[..len], zb, None, scale, shift, relu);
+                &tmp[..len]
+            }
+        }
+    }
 }
 
 /// Which of a layer's inputs need a gradient (γ and β always get theirs).
@@ -105,7 +147,7 @@ struct ConvBnOp {
     saved: Arc<Mutex<Option<Saved>>>,
 }
 
-fn scale_shift(nm: &BnNormalizer, gamma: &[f32], beta: &[f32]) -> (Vec<f32>, Vec<f32>) {
+pub(super) fn scale_shift(nm: &BnNormalizer, gamma: &[f32], beta: &[f32]) -> (Vec<f32>, Vec<f32>) {
     let scale: Vec<f32> = gamma.iter().zip(&nm.inv_std).map(|(g, r)| g * r).collect();
     let shift = beta
         .iter()
@@ -758,13 +800,25 @@ impl Layer {
     pub(super) fn forward(
         &self,
         g: &Geometry,
-        x: &[f32],
+        input: Input<'_>,
         w: &[f32],
         gamma: &[f32],
         beta: &[f32],
         r: Option<&[f32]>,
     ) -> Result<(Vec<f32>, Saved)> {
-        self.check_inputs(g, Some(x), w, gamma, beta)?;
+        let in_len = g.in_len();
+        match input {
+            Input::Plain(x) => self.check_inputs(g, Some(x), w, gamma, beta)?,
+            Input::Virtual { z, scale, .. } => {
+                self.check_inputs(g, None, w, gamma, beta)?;
+                if z.len() != g.b * in_len || scale.len() != g.c {
+                    candle_core::bail!("conv_bn: virtual input of {} values", z.len());
+                }
+            }
+        }
+        if self.defer && (self.residual || self.pool > 1 || self.recompute) {
+            candle_core::bail!("conv_bn: only a plain layer can leave its output to its reader");
+        }
         match r {
             Some(r) if !self.residual || r.len() != g.b * g.out_len() => candle_core::bail!(
                 "conv_bn: residual of {} values for an output of shape {:?}",
@@ -783,7 +837,16 @@ impl Layer {
         let dims = (g.ho, g.wo, self.pool);
         // SAFETY: every image's planes are written below (conv_image, pool_planes, epilogue_planes).
         let mut y = unsafe { uninit_f32(g.b * o * plen) };
+        // Only the main path below reads a virtual input (the network executor makes them only
+        // when a backward pass follows).
+        let plain = match input {
+            Input::Plain(x) => Some(x),
+            Input::Virtual { .. } => None,
+        };
         if !self.use_batch && !self.keep {
+            let Some(x) = plain else {
+                candle_core::bail!("conv_bn: a virtual input without a backward pass");
+            };
             // Fixed statistics, no gradient: affine + ReLU (+ pool) right after each GEMM.
             let nm = BnNormalizer::new(&self.fixed_mean, &self.fixed_var, None, 0.0, self.eps);
             let (scale, shift) = scale_shift(&nm, gamma, beta);
@@ -818,6 +881,9 @@ impl Layer {
             }
         };
         if recompute {
+            let Some(x) = plain else {
+                candle_core::bail!("conv_bn: a recomputing layer with a virtual input");
+            };
             x.par_chunks(g.in_len())
                 .zip(partial.par_chunks_mut(o))
                 .for_each_init(
@@ -828,13 +894,14 @@ impl Layer {
                     },
                 );
         } else {
+            let tmp_len = if plain.is_some() { 0 } else { in_len };
             z.par_chunks_mut(g.out_len())
-                .zip(x.par_chunks(g.in_len()))
                 .zip(partial.par_chunks_mut(o))
+                .enumerate()
                 .for_each_init(
-                    || plan.scratch(),
-                    |scratch, ((zb, xb), pb)| {
-                        plan.run(xb, scratch, zb);
+                    || (plan.scratch(), vec![0f32; tmp_len]),
+                    |(scratch, tmp), (b, (zb, pb))| {
+                        plan.run(input.image(b, in_len, tmp), scratch, zb);
                         sums(zb, pb);
                     },
                 );
@@ -865,9 +932,22 @@ impl Layer {
             self.alpha,
             self.eps,
         );
+        if self.defer {
+            // The reader applies the epilogue to z image by image (`Input::Virtual`).
+            let saved = Saved {
+                z,
+                arg: vec![],
+                nm,
+                stats,
+            };
+            return Ok((vec![], saved));
+        }
         let (scale, shift) = scale_shift(&nm, gamma, beta);
         let mut arg = vec![0u8; if pooling && self.keep { y.len() } else { 0 }];
         if recompute {
+            let Some(x) = plain else {
+                unreachable!("checked above");
+            };
             // The convolution again, image by image, and the epilogue while it is in cache.
             let ylen = o * plen;
             let zlen = if pooling { g.out_len() } else { 0 };
@@ -1371,7 +1451,7 @@ impl CustomOp3 for ConvBnOp {
         let g = self.layer.geometry(l1.dims())?;
         let x = f32_slice(s1, l1)?;
         let (w, gamma, beta, r) = self.params(&g, f32_slice(s2, l2)?, f32_slice(s3, l3)?)?;
-        let (y, saved) = self.layer.forward(&g, x, w, gamma, beta, r)?;
+        let (y, saved) = self.layer.forward(&g, Input::Plain(x), w, gamma, beta, r)?;
         *self.saved.lock().expect("conv_bn lock") = Some(saved);
         Ok((
             CpuStorage::F32(y),
@@ -1584,6 +1664,7 @@ impl Layer {
             recompute,
             residual,
             w_dims,
+            defer: false,
         })
     }
 }

@@ -10,7 +10,12 @@
 //!
 //! - forward: layer `i` reads activation `input` (0 = the op's input, `j + 1` = layer `j`'s
 //!   output) and, with a residual connection, adds activation `residual` before its ReLU;
-//!   activations that the backward pass does not read are freed after their last use.
+//!   activations that the backward pass does not read are freed after their last use. With a
+//!   backward pass to follow, a plain layer (no residual, pooling or recomputation) whose
+//!   output only one layer reads, as its input, is never written out: the reader normalizes
+//!   that layer's stored convolution image by image into a buffer that stays in cache (a
+//!   ResNet block's first half; not where the reader's weight needs a gradient, which reads
+//!   the input again).
 //! - backward: in reverse order; the gradient of an activation read by several layers (a ResNet
 //!   block's input: its first convolution and its shortcut, or its residual path) is the sum of
 //!   theirs, each image's share added in place, while in cache, into what arrived first. The
@@ -27,7 +32,8 @@
 use super::batchnorm::BnStats;
 use super::conv::Geometry;
 use super::fused::{
-    composed, ConvBnCfg, DxOut, Grads, ImageHook, Layer, Pass1, Pass1Ctx, Saved, Tracked,
+    composed, scale_shift, ConvBnCfg, DxOut, Grads, ImageHook, Input, Layer, Pass1, Pass1Ctx,
+    Saved, Tracked,
 };
 use super::{f32_slice, with_f32};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
@@ -161,16 +167,34 @@ impl CustomOp2 for NetOp {
         let keep = self.keep;
         let mut acts: Vec<Vec<f32>> = Vec::with_capacity(n);
         let mut dims = vec![in_dims];
-        let mut saved = Vec::with_capacity(n);
+        let mut saved: Vec<Saved> = Vec::with_capacity(n);
         let mut stats = Vec::with_capacity(n);
+        // Per layer that defers its epilogue: its scale and shift.
+        let mut epilogues: Vec<(Vec<f32>, Vec<f32>)> = Vec::with_capacity(n);
         for (i, layer) in self.layers.iter().enumerate() {
             let (input, residual) = self.wiring[i];
             let g = layer.geometry(&dims[input])?;
-            let xi = self.act(input, x, &acts);
             let r = residual.map(|r| self.act(r, x, &acts));
             let [w, gamma, beta] = &self.params[i];
-            let (y, mut s) = layer.forward(&g, xi, w, gamma, beta, r)?;
+            let (y, mut s) = match input {
+                // The producer deferred its epilogue to this layer.
+                a if a > 0 && self.layers[a - 1].defer => {
+                    let (scale, shift) = &epilogues[a - 1];
+                    let xi = Input::Virtual {
+                        z: &saved[a - 1].z,
+                        scale,
+                        shift,
+                        relu: self.layers[a - 1].relu,
+                    };
+                    layer.forward(&g, xi, w, gamma, beta, r)?
+                }
+                a => layer.forward(&g, Input::Plain(self.act(a, x, &acts)), w, gamma, beta, r)?,
+            };
             stats.push(s.stats.take());
+            epilogues.push(match layer.defer {
+                true => scale_shift(&s.nm, gamma, beta),
+                false => (vec![], vec![]),
+            });
             saved.push(s);
             dims.push(layer.out_dims(&g));
             acts.push(y);
@@ -439,6 +463,21 @@ pub fn conv_bn_net(x: &Tensor, layers: &[NetLayer]) -> Result<(Tensor, Vec<Optio
             )
         })
         .collect::<Result<Vec<_>>>()?;
+    let mut built = built;
+    if keep {
+        for a in 1..layers.len() {
+            let (p, l) = (&layers[a - 1], &built[a - 1]);
+            let readers: Vec<usize> = (0..layers.len())
+                .filter(|&i| layers[i].input == a || layers[i].residual == Some(a))
+                .collect();
+            let only_input = match readers[..] {
+                [i] => layers[i].input == a && !layers[i].w.track_op() && !built[i].recompute,
+                _ => false,
+            };
+            built[a - 1].defer =
+                only_input && p.residual.is_none() && p.cfg.pool <= 1 && !l.recompute;
+        }
+    }
     let stats = Arc::new(Mutex::new(vec![]));
     let op = NetOp {
         layers: built,
