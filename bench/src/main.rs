@@ -49,6 +49,19 @@ enum Command {
     Memory(MemoryArgs),
     /// Tokens/s of batched sampling (N = 1, 4, 16) against llama.cpp on the same GGUF file.
     Sampling(sampling::SamplingArgs),
+    /// Microseconds per image of each 3×3 convolution kernel (im2col + GEMM, direct, Winograd)
+    /// on the models' stride-1 shapes, one thread, and the one the convolutions pick here.
+    Kernels(KernelArgs),
+}
+
+#[derive(Args, Clone)]
+struct KernelArgs {
+    /// Images per timed run.
+    #[arg(long, default_value_t = 2000)]
+    images: usize,
+    /// Timed runs per kernel and shape (the median is reported), after one warm-up run.
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
 }
 
 #[derive(Args, Clone)]
@@ -148,6 +161,7 @@ fn main() -> Result<()> {
         Command::Run(a) => a.common.threads,
         Command::Memory(a) => a.common.threads,
         Command::Sampling(a) => a.threads,
+        Command::Kernels(_) => 1,
     };
     attune_engine::tune_runtime();
     // candle sizes its own CPU thread use from RAYON_NUM_THREADS; the gemm calls of the engine's
@@ -161,7 +175,52 @@ fn main() -> Result<()> {
         Command::Run(a) => run(a),
         Command::Memory(a) => memory(a),
         Command::Sampling(a) => sampling::run(a),
+        Command::Kernels(a) => kernels(a),
     }
+}
+
+/// `attune-bench kernels`: the forward pass of one image through each 3×3 kernel, one thread.
+fn kernels(a: KernelArgs) -> Result<()> {
+    use attune_engine::ops::{conv3x3_kernel, conv3x3_kernel_times, ConvKernel};
+    println!(
+        "3×3 convolution, stride 1, forward, µs per image, one thread, median of {} runs of {} images ({})",
+        a.repeats,
+        a.images,
+        date()
+    );
+    println!(
+        "{:<10} {:>9} {:>7} {:>13} {:>9} {:>9}  picked",
+        "model", "channels", "plane", "im2col+GEMM", "direct", "Winograd"
+    );
+    let shapes = [
+        ("resnet20", 16, 16, 28),
+        ("resnet20", 32, 32, 14),
+        ("resnet20", 64, 64, 7),
+        ("cnn", 32, 64, 14),
+        ("cnn", 64, 128, 7),
+    ];
+    for (model, c, o, hw) in shapes {
+        let times = conv3x3_kernel_times(c, o, hw, a.images, a.repeats);
+        let t = |k: ConvKernel| {
+            times
+                .iter()
+                .find(|(kk, _)| *kk == k)
+                .map_or("n/a".to_string(), |(_, v)| format!("{v:.1}"))
+        };
+        println!(
+            "{model:<10} {:>9} {:>7} {:>13} {:>9} {:>9}  {}",
+            format!("{c}→{o}"),
+            format!("{hw}×{hw}"),
+            t(ConvKernel::Im2col),
+            t(ConvKernel::Direct),
+            t(ConvKernel::Winograd),
+            conv3x3_kernel(c, o, hw).name()
+        );
+    }
+    println!(
+        "(the input gradient of c → o is the same kernel on o → c, with the weights transposed)"
+    );
+    Ok(())
 }
 
 /// What both sides get: exported weights, the stream and the clean samples, on disk.

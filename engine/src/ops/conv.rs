@@ -351,6 +351,101 @@ impl<'a> Plan<'a> {
     }
 }
 
+/// The per-image kernels of a 3×3, stride-1, padding-1 convolution (see [`Plan`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvKernel {
+    /// im2col + GEMM (col2im for the input gradient): every CPU.
+    Im2col,
+    /// The register-blocked direct convolution (AVX-512F).
+    Direct,
+    /// Winograd F(2×2, 3×3) (AVX-512F).
+    Winograd,
+}
+
+impl ConvKernel {
+    pub fn name(self) -> &'static str {
+        match self {
+            ConvKernel::Im2col => "im2col+GEMM",
+            ConvKernel::Direct => "direct",
+            ConvKernel::Winograd => "Winograd",
+        }
+    }
+}
+
+/// The kernel the convolutions pick on this CPU for `c` → `o` channels on an `hw` × `hw` plane
+/// (3×3, stride 1, padding 1).
+pub fn conv3x3_kernel(c: usize, o: usize, hw: usize) -> ConvKernel {
+    let w = vec![0f32; o * c * 9];
+    let g = Geometry::new(&[1, c, hw, hw], &[o, c, 3, 3], 1, 1).expect("a 3×3 geometry");
+    match Plan::forward(&g, &w) {
+        Plan::Im2col { .. } => ConvKernel::Im2col,
+        Plan::Direct { .. } => ConvKernel::Direct,
+        Plan::Winograd { .. } => ConvKernel::Winograd,
+    }
+}
+
+/// Microseconds per image of the forward pass of each kernel that runs here, for `c` → `o`
+/// channels on an `hw` × `hw` plane (3×3, stride 1, padding 1), on the calling thread: the
+/// median over `repeats` timed runs of `images` images each, after one warm-up run, whatever
+/// kernel [`conv3x3_kernel`] would pick. For `attune-bench kernels`, which shows what the
+/// kernel choice rests on.
+pub fn conv3x3_kernel_times(
+    c: usize,
+    o: usize,
+    hw: usize,
+    images: usize,
+    repeats: usize,
+) -> Vec<(ConvKernel, f64)> {
+    let g = Geometry::new(&[1, c, hw, hw], &[o, c, 3, 3], 1, 1).expect("a 3×3 geometry");
+    let mut rng = crate::rng::rng(0, "conv3x3_kernel_times");
+    let x = crate::rng::randn_vec(c * hw * hw, &mut rng);
+    let w = crate::rng::randn_vec(o * c * 9, &mut rng);
+    let mut y = vec![0f32; o * hw * hw];
+    let mut plans = vec![(
+        ConvKernel::Im2col,
+        Plan::Im2col {
+            g: &g,
+            w: &w,
+            input_grad: false,
+        },
+    )];
+    if super::has_avx512f() {
+        let direct = direct::Packed::new(&g, &w, false);
+        let winograd = winograd::Packed::new(&g, &w, false);
+        plans.push((
+            ConvKernel::Direct,
+            Plan::Direct {
+                packed: direct,
+                parallel: false,
+            },
+        ));
+        plans.push((
+            ConvKernel::Winograd,
+            Plan::Winograd {
+                packed: winograd,
+                parallel: false,
+            },
+        ));
+    }
+    plans
+        .into_iter()
+        .map(|(k, plan)| {
+            let mut scratch = plan.scratch();
+            let mut run = || {
+                let t = std::time::Instant::now();
+                for _ in 0..images {
+                    plan.run(&x, &mut scratch, &mut y);
+                }
+                t.elapsed().as_secs_f64() * 1e6 / images.max(1) as f64
+            };
+            run();
+            let mut v: Vec<f64> = (0..repeats.max(1)).map(|_| run()).collect();
+            v.sort_by(f64::total_cmp);
+            (k, v[v.len() / 2])
+        })
+        .collect()
+}
+
 fn forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
     let mut y = vec![0f32; g.b * g.out_len()];
     let plan = Plan::forward(g, w);

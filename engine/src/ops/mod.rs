@@ -25,7 +25,7 @@ pub mod pool;
 mod winograd;
 
 pub use batchnorm::{batch_norm, BnStats};
-pub use conv::conv2d;
+pub use conv::{conv2d, conv3x3_kernel, conv3x3_kernel_times, ConvKernel};
 pub use fused::{conv_bn, conv_bn_residual, ConvBnCfg};
 pub use net::{conv_bn_net, NetLayer};
 pub use pool::max_pool2d;
