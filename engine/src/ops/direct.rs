@@ -1,4 +1,5 @@
-//! Direct 3×3 convolution, stride 1, padding 1, on AVX-512: no im2col matrix, no packing.
+//! Direct 3×3 convolution, padding 1, stride 1 (forward and input gradient) or 2 (forward), on
+//! AVX-512: no im2col matrix, no packing.
 //!
 //! The input plane of each channel is copied once into a zero-bordered plane of width
 //! `wp = W + 2`. On that padded grid, output position `q = oh·wp + ow` of tap `(ki, kj)` reads
@@ -11,10 +12,14 @@
 //!
 //! The input gradient of such a convolution is the same convolution of the output gradient with
 //! the weights transposed (in ↔ out) and flipped ([`taps`]), so [`Packed::new`] reuses the kernel and
-//! the backward pass needs no col2im either.
+//! the backward pass needs no col2im either. With stride 2 the padded plane is stored as four
+//! phase planes (by row and column parity, see [`Packed`]), on which each tap is again one
+//! shifted read (ResNet's strided 3×3 convolutions, forward: 16 → 32 from 28 × 28 22 µs per
+//! image against im2col + GEMM's 30 or more, one thread); their input gradient stays on
+//! im2col + GEMM + col2im.
 //!
-//! Used for planes at least [`MIN_WIDTH`] (7) wide with at least [`MIN_CHANNELS`] (4) input and
-//! output channels, on CPUs with AVX-512F (checked at run time);
+//! Used for outputs at least [`MIN_WIDTH`] (7) wide with at least [`MIN_CHANNELS`] (4) input
+//! and output channels, on CPUs with AVX-512F (checked at run time);
 //! everything else takes the im2col + GEMM path of [`super::conv`], against which this is tested.
 
 use super::conv::Geometry;
@@ -36,13 +41,14 @@ pub(super) const MIN_WIDTH: usize = 7;
 /// gradient of such a layer).
 pub(super) const MIN_CHANNELS: usize = 4;
 
-/// True when `g` is a 3×3 / stride 1 / padding 1 convolution that this kernel handles here.
-pub(super) fn usable(g: &Geometry) -> bool {
+/// True when `g` is a 3×3 / padding 1 convolution that this kernel handles here: stride 1
+/// (forward and input gradient), or stride 2 (forward only: see [`Packed`]).
+pub(super) fn usable(g: &Geometry, input_grad: bool) -> bool {
     g.kh == 3
         && g.kw == 3
-        && g.stride == 1
+        && (g.stride == 1 || (g.stride == 2 && !input_grad))
         && g.pad == 1
-        && g.w >= MIN_WIDTH
+        && g.wo >= MIN_WIDTH
         && g.h >= 1
         && g.c >= MIN_CHANNELS
         && g.o >= MIN_CHANNELS
@@ -57,7 +63,11 @@ pub(super) fn taps<'a>(
     g: &'a Geometry,
     w: &'a [f32],
     input_grad: bool,
-) -> (usize, usize, impl Fn(usize, usize, usize) -> f32 + 'a) {
+) -> (
+    usize,
+    usize,
+    impl Fn(usize, usize, usize) -> f32 + Sync + 'a,
+) {
     let (cin, cout) = if input_grad { (g.o, g.c) } else { (g.c, g.o) };
     let at = move |o: usize, c: usize, t: usize| {
         if input_grad {
@@ -71,12 +81,22 @@ pub(super) fn taps<'a>(
 
 /// Weights in kernel order: per block of `ob` output channels, per input channel, per tap, the
 /// block's `ob` values (zero for the channels past the last one).
+///
+/// With stride 2 the padded input plane is stored as four phase planes, by the parity of its
+/// rows and columns: phase (pr, pc) holds padded value `(2·i + pr, 2·j + pc)` at `i·wq + j`, on
+/// a grid `wq = Wo + 1` wide. Output `(i, j)` of tap `(ki, kj)` reads padded value
+/// `(2·i + ki, 2·j + kj)`, which is phase `(ki mod 2, kj mod 2)` at `(i + ⌊ki/2⌋)·wq + j +
+/// ⌊kj/2⌋`: again one shifted read per tap, so the same kernel runs it (one junk column).
 pub(super) struct Packed {
     w: Vec<f32>,
     cin: usize,
     cout: usize,
+    /// Input and output height and width.
     h: usize,
     wd: usize,
+    ho: usize,
+    wo: usize,
+    stride: usize,
     /// Output channels and 16-float position vectors per kernel block (one of [`BLOCKS`]).
     ob: usize,
     pb: usize,
@@ -88,16 +108,32 @@ impl Packed {
     }
 
     /// The forward convolution of `g` with weights `w` (O × C × 3 × 3), or its input gradient
-    /// (see [`taps`]).
+    /// (see [`taps`]; stride 1 only).
     pub(super) fn new(g: &Geometry, w: &[f32], input_grad: bool) -> Self {
+        assert!(
+            g.stride == 1 || !input_grad,
+            "direct: no strided input gradient"
+        );
         let (cin, cout, at) = taps(g, w, input_grad);
+        let mut p = Self {
+            w: vec![],
+            cin,
+            cout,
+            h: g.h,
+            wd: g.w,
+            ho: g.ho,
+            wo: g.wo,
+            stride: g.stride,
+            ob: 0,
+            pb: 0,
+        };
         // The block shape that computes the fewest positions (ties: the first).
-        let q = g.h * (g.w + 2);
-        let (ob, pb) = BLOCKS
+        let q = p.q();
+        (p.ob, p.pb) = BLOCKS
             .into_iter()
             .min_by_key(|&(_, pb)| q.next_multiple_of(16 * pb))
             .expect("BLOCKS is not empty");
-        let blocks = cout.div_ceil(ob);
+        let (ob, blocks) = (p.ob, p.blocks());
         let mut packed = vec![0f32; blocks * cin * 9 * ob];
         for b in 0..blocks {
             for c in 0..cin {
@@ -111,22 +147,20 @@ impl Packed {
                 }
             }
         }
-        Self {
-            w: packed,
-            cin,
-            cout,
-            h: g.h,
-            wd: g.w,
-            ob,
-            pb,
-        }
+        p.w = packed;
+        p
     }
 
+    /// Width of a row of the output grid (the padded input's, or the phase planes').
     fn wp(&self) -> usize {
-        self.wd + 2
+        match self.stride {
+            1 => self.wd + 2,
+            _ => self.wo + 1,
+        }
     }
+    /// Output positions per channel on the grid.
     fn q(&self) -> usize {
-        self.h * self.wp()
+        self.ho * self.wp()
     }
     fn qb(&self) -> usize {
         16 * self.pb
@@ -134,13 +168,33 @@ impl Packed {
     fn qpad(&self) -> usize {
         self.q().next_multiple_of(self.qb())
     }
+    /// One phase plane (stride 2).
+    fn phase_len(&self) -> usize {
+        (self.ho + 1) * self.wp()
+    }
+    /// One channel of the padded input (its four phase planes with stride 2).
     fn plane_in(&self) -> usize {
-        (self.h + 2) * self.wp()
+        match self.stride {
+            1 => (self.h + 2) * self.wp(),
+            _ => 4 * self.phase_len(),
+        }
+    }
+    /// Where tap t reads, from the output position, within a channel.
+    fn offs(&self) -> [usize; 9] {
+        let wp = self.wp();
+        std::array::from_fn(|t| {
+            let (ki, kj) = (t / 3, t % 3);
+            match self.stride {
+                1 => ki * wp + kj,
+                _ => (2 * (ki % 2) + kj % 2) * self.phase_len() + (ki / 2) * wp + kj / 2,
+            }
+        })
     }
 
     /// The padded input planes, plus slack for the last block's reads past the last plane.
     fn xpad_len(&self) -> usize {
-        self.cin * self.plane_in() + self.qpad() - self.q() + 2 + 16
+        let reach = self.qpad() + self.offs().into_iter().max().unwrap_or(0) + 1;
+        (self.cin - 1) * self.plane_in() + reach.max(self.plane_in()) + 16
     }
     fn out_len(&self) -> usize {
         self.blocks() * self.ob * self.qpad()
@@ -154,27 +208,48 @@ impl Packed {
         }
     }
 
-    /// `y (cout × H × W) = conv(x (cin × H × W))` for one image; `parallel` splits the channel
+    /// Image `x`'s interior into the padded planes (the border stays zero from the allocation).
+    fn pad_input(&self, x: &[f32], xpad: &mut [f32]) {
+        let (h, w, wp, pin) = (self.h, self.wd, self.wp(), self.plane_in());
+        let plane = h * w;
+        for c in 0..self.cin {
+            for i in 0..h {
+                let src = &x[c * plane + i * w..c * plane + (i + 1) * w];
+                if self.stride == 1 {
+                    let dst = c * pin + (i + 1) * wp + 1;
+                    xpad[dst..dst + w].copy_from_slice(src);
+                    continue;
+                }
+                // Padded row i + 1, column j + 1: phase ((i + 1) mod 2, (j + 1) mod 2) at
+                // ((i + 1)/2, (j + 1)/2). Even input columns go to the odd phase columns.
+                let row = i + 1;
+                let (pr, r) = (row % 2, row / 2);
+                let row = |pc: usize| c * pin + (2 * pr + pc) * self.phase_len() + r * wp;
+                let (odd_cols, even_cols) = (row(1), row(0) + 1);
+                for (k, v) in src.iter().step_by(2).enumerate() {
+                    xpad[odd_cols + k] = *v;
+                }
+                for (k, v) in src.iter().skip(1).step_by(2).enumerate() {
+                    xpad[even_cols + k] = *v;
+                }
+            }
+        }
+    }
+
+    /// `y (cout × Ho × Wo) = conv(x (cin × H × W))` for one image; `parallel` splits the channel
     /// blocks over the rayon pool (for batches smaller than the pool).
     pub(super) fn run(&self, x: &[f32], s: &mut Scratch, y: &mut [f32], parallel: bool) {
-        let (h, w, wp) = (self.h, self.wd, self.wp());
-        let (plane, pin, qpad) = (h * w, self.plane_in(), self.qpad());
+        let (ho, wo, wp) = (self.ho, self.wo, self.wp());
+        let (pin, qpad) = (self.plane_in(), self.qpad());
         // The kernel reads and writes through raw pointers: these sizes are what keeps it in
         // bounds (a scratch of another convolution would not be).
-        assert!(x.len() >= self.cin * plane && y.len() >= self.cout * plane);
+        assert!(x.len() >= self.cin * self.h * self.wd && y.len() >= self.cout * ho * wo);
         assert!(
             s.xpad.len() >= self.xpad_len() && s.out.len() >= self.out_len(),
             "direct convolution: scratch of another geometry"
         );
-        // Interior of the padded planes (the border stays zero from the allocation).
-        for c in 0..self.cin {
-            for i in 0..h {
-                let dst = c * pin + (i + 1) * wp + 1;
-                s.xpad[dst..dst + w]
-                    .copy_from_slice(&x[c * plane + i * w..c * plane + (i + 1) * w]);
-            }
-        }
-        let offs: [usize; 9] = std::array::from_fn(|t| (t / 3) * wp + t % 3);
+        self.pad_input(x, &mut s.xpad);
+        let offs = self.offs();
         let (ob, qb) = (self.ob, self.qb());
         let wlen = self.cin * 9 * ob;
         let xpad = &s.xpad;
@@ -204,10 +279,12 @@ impl Packed {
                 block(b, out);
             }
         }
+        let plane = ho * wo;
         for o in 0..self.cout {
-            for i in 0..h {
+            for i in 0..ho {
                 let src = o * qpad + i * wp;
-                y[o * plane + i * w..o * plane + (i + 1) * w].copy_from_slice(&s.out[src..src + w]);
+                y[o * plane + i * wo..o * plane + (i + 1) * wo]
+                    .copy_from_slice(&s.out[src..src + wo]);
             }
         }
     }
@@ -312,7 +389,7 @@ mod tests {
             (4, 8, 12, 17),
         ] {
             let g = Geometry::new(&[1, c, h, w], &[o, c, 3, 3], 1, 1).unwrap();
-            assert!(usable(&g));
+            assert!(usable(&g, false) && usable(&g, true));
             let x = randv(c * h * w, 1);
             let wt = randv(o * c * 9, 2);
             let dy = randv(o * h * w, 3);
@@ -336,14 +413,47 @@ mod tests {
         }
     }
 
+    /// Stride 2 (the forward pass only) against im2col + GEMM: even and odd planes, square and
+    /// not, ResNet-20's two strided shapes among them.
+    #[test]
+    fn strided_forward_matches_im2col() {
+        if !has_avx512f() {
+            eprintln!("no AVX-512 here: the direct kernel is not used, nothing to check");
+            return;
+        }
+        for &(c, o, h, w) in &[
+            (16, 32, 28, 28),
+            (32, 64, 14, 14),
+            (4, 6, 15, 17),
+            (5, 9, 14, 13),
+        ] {
+            let g = Geometry::new(&[1, c, h, w], &[o, c, 3, 3], 2, 1).unwrap();
+            assert!(usable(&g, false) && !usable(&g, true));
+            let x = randv(c * h * w, 4);
+            let wt = randv(o * c * 9, 5);
+            let dy = randv(o * g.hw_out(), 6);
+            let (y_ref, _) = Plan::im2col_reference(&g, &wt, &x, &dy);
+            for parallel in [false, true] {
+                let f = Packed::new(&g, &wt, false);
+                let mut s = f.scratch();
+                let mut y = vec![f32::NAN; o * g.hw_out()];
+                f.run(&randv(c * h * w, 7), &mut s, &mut y, parallel);
+                f.run(&x, &mut s, &mut y, parallel);
+                close(&y, &y_ref, &format!("stride 2 {c}→{o} {h}×{w}"));
+            }
+        }
+    }
+
     #[test]
     fn narrow_strided_and_other_kernels_are_not_taken() {
         let g = |xs: [usize; 4], ws: [usize; 4], s, p| Geometry::new(&xs, &ws, s, p).unwrap();
-        assert!(!usable(&g([1, 4, 6, 6], [4, 4, 3, 3], 1, 1)));
-        assert!(!usable(&g([1, 4, 28, 28], [4, 4, 3, 3], 2, 1)));
-        assert!(!usable(&g([1, 4, 28, 28], [4, 4, 1, 1], 1, 0)));
-        assert!(!usable(&g([1, 4, 28, 28], [4, 4, 5, 5], 1, 2)));
-        assert!(!usable(&g([1, 3, 28, 28], [32, 3, 3, 3], 1, 1)));
-        assert!(!usable(&g([1, 32, 28, 28], [3, 32, 3, 3], 1, 1)));
+        assert!(!usable(&g([1, 4, 6, 6], [4, 4, 3, 3], 1, 1), false));
+        // Stride 2: 12 → 6 wide is too narrow; the input gradient never.
+        assert!(!usable(&g([1, 4, 12, 12], [4, 4, 3, 3], 2, 1), false));
+        assert!(!usable(&g([1, 4, 28, 28], [4, 4, 3, 3], 2, 1), true));
+        assert!(!usable(&g([1, 4, 28, 28], [4, 4, 1, 1], 1, 0), false));
+        assert!(!usable(&g([1, 4, 28, 28], [4, 4, 5, 5], 1, 2), false));
+        assert!(!usable(&g([1, 3, 28, 28], [32, 3, 3, 3], 1, 1), false));
+        assert!(!usable(&g([1, 32, 28, 28], [3, 32, 3, 3], 1, 1), true));
     }
 }

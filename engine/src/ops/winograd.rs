@@ -102,13 +102,23 @@ impl Packed {
     pub(super) fn new(g: &Geometry, w: &[f32], input_grad: bool) -> Self {
         let (cin, cout, at) = taps(g, w, input_grad);
         let blocks = cout.div_ceil(OB);
+        // The transforms in f64, one output channel per task (this runs once per layer and
+        // step, between the parallel loops).
+        use rayon::prelude::*;
+        let rows: Vec<Vec<[f32; 16]>> = (0..cout)
+            .into_par_iter()
+            .map(|o| {
+                (0..cin)
+                    .map(|c| transform_weight(std::array::from_fn(|k| at(o, c, k) as f64)))
+                    .collect()
+            })
+            .collect();
         let mut u = vec![0f32; 16 * blocks * cin * OB];
-        for o in 0..cout {
-            for c in 0..cin {
-                let t = transform_weight(std::array::from_fn(|k| at(o, c, k) as f64));
-                let (b, j) = (o / OB, o % OB);
-                for (xi, v) in t.into_iter().enumerate() {
-                    u[((xi * blocks + b) * cin + c) * OB + j] = v;
+        for (o, row) in rows.iter().enumerate() {
+            let (b, j) = (o / OB, o % OB);
+            for (c, t) in row.iter().enumerate() {
+                for (xi, v) in t.iter().enumerate() {
+                    u[((xi * blocks + b) * cin + c) * OB + j] = *v;
                 }
             }
         }
