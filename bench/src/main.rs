@@ -189,7 +189,7 @@ fn kernels(a: KernelArgs) -> Result<()> {
         date()
     );
     println!(
-        "{:<10} {:>9} {:>7} {:>13} {:>9} {:>9}  picked",
+        "{:<10} {:>9} {:>7} {:>13} {:>9} {:>9}  picked at batch 1 / 200",
         "model", "channels", "plane", "im2col+GEMM", "direct", "Winograd"
     );
     let shapes = [
@@ -214,7 +214,11 @@ fn kernels(a: KernelArgs) -> Result<()> {
             t(ConvKernel::Im2col),
             t(ConvKernel::Direct),
             t(ConvKernel::Winograd),
-            conv3x3_kernel(c, o, hw).name()
+            format!(
+                "{} / {}",
+                conv3x3_kernel(c, o, hw, 1).name(),
+                conv3x3_kernel(c, o, hw, 200).name()
+            )
         );
     }
     println!(

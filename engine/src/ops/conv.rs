@@ -372,11 +372,11 @@ impl ConvKernel {
     }
 }
 
-/// The kernel the convolutions pick on this CPU for `c` → `o` channels on an `hw` × `hw` plane
-/// (3×3, stride 1, padding 1).
-pub fn conv3x3_kernel(c: usize, o: usize, hw: usize) -> ConvKernel {
+/// The kernel the convolutions pick on this CPU for a batch of `batch` images of `c` → `o`
+/// channels on an `hw` × `hw` plane (3×3, stride 1, padding 1).
+pub fn conv3x3_kernel(c: usize, o: usize, hw: usize, batch: usize) -> ConvKernel {
     let w = vec![0f32; o * c * 9];
-    let g = Geometry::new(&[1, c, hw, hw], &[o, c, 3, 3], 1, 1).expect("a 3×3 geometry");
+    let g = Geometry::new(&[batch, c, hw, hw], &[o, c, 3, 3], 1, 1).expect("a 3×3 geometry");
     match Plan::forward(&g, &w) {
         Plan::Im2col { .. } => ConvKernel::Im2col,
         Plan::Direct { .. } => ConvKernel::Direct,

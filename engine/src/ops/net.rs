@@ -534,8 +534,8 @@ mod tests {
 
     /// A small ResNet: a stem, a block with an identity shortcut, a block with a strided
     /// projection shortcut (1×1, stride 2) whose second convolution has 32 channels (the
-    /// Winograd path on CPUs with AVX-512, at 8 × 8 from 16 × 16 inputs). Activations: 1 stem,
-    /// 2 h, 3 block end, 4 h', 5 shortcut, 6 block end.
+    /// Winograd path on CPUs with AVX-512, at 8 × 8 from 16 × 16 inputs, from a batch of 8).
+    /// Activations: 1 stem, 2 h, 3 block end, 4 h', 5 shortcut, 6 block end.
     const RESNET: [Spec; 6] = [
         (0, None, 2, 8, 3, 1, true, 1),
         (1, None, 8, 8, 3, 1, true, 1),
@@ -658,7 +658,7 @@ mod tests {
     fn check(spec: &[Spec], side: usize, batch: Option<f32>, track: (bool, bool), track_x: bool) {
         let dev = Device::Cpu;
         let ps = params(spec, 7);
-        let xv = Var::from_tensor(&randn(&[3, spec[0].2, side, side], 1)).unwrap();
+        let xv = Var::from_tensor(&randn(&[8, spec[0].2, side, side], 1)).unwrap();
         let x = t(&xv, track_x);
         let [(y, stats), (y_ref, stats_ref)] = both(spec, &ps, &x, batch, track);
         assert_eq!(y.dims(), y_ref.dims());
