@@ -207,18 +207,15 @@ fn kernels(a: KernelArgs) -> Result<()> {
                 .find(|(kk, _)| *kk == k)
                 .map_or("n/a".to_string(), |(_, v)| format!("{v:.1}"))
         };
+        let (channels, plane) = (format!("{c}→{o}"), format!("{hw}×{hw}"));
+        let picked = [1, 200].map(|b| conv3x3_kernel(c, o, hw, b).name());
         println!(
-            "{model:<10} {:>9} {:>7} {:>13} {:>9} {:>9}  {}",
-            format!("{c}→{o}"),
-            format!("{hw}×{hw}"),
+            "{model:<10} {channels:>9} {plane:>7} {:>13} {:>9} {:>9}  {} / {}",
             t(ConvKernel::Im2col),
             t(ConvKernel::Direct),
             t(ConvKernel::Winograd),
-            format!(
-                "{} / {}",
-                conv3x3_kernel(c, o, hw, 1).name(),
-                conv3x3_kernel(c, o, hw, 200).name()
-            )
+            picked[0],
+            picked[1]
         );
     }
     println!(
