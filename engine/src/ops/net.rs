@@ -283,48 +283,33 @@ impl CustomOp2 for NetOp {
                             None => DxOut::New,
                         };
                         let in_len = geoms[i].in_len();
-                        let (grads_i, sums) = match producer {
-                            Some((p, ctx, y_p, mut slots)) => {
-                                let hook = |b: usize, dxb: &mut [f32], slot: &mut [(f64, f64)]| {
-                                    let yb = y_p.map(|y| &y[b * in_len..(b + 1) * in_len]);
-                                    ctx.image(b, dxb, yb, slot);
-                                };
-                                let h: ImageHook = &hook;
-                                let gr = layer.backward(
-                                    &geoms[i],
-                                    &ns.saved[i],
-                                    xi,
-                                    w,
-                                    gamma,
-                                    beta,
-                                    y,
-                                    d,
-                                    tr,
-                                    p1,
-                                    dx_out,
-                                    Some((h, &mut slots)),
-                                )?;
-                                (gr, Some((p, slots)))
-                            }
-                            None => {
-                                let gr = layer.backward(
-                                    &geoms[i],
-                                    &ns.saved[i],
-                                    xi,
-                                    w,
-                                    gamma,
-                                    beta,
-                                    y,
-                                    d,
-                                    tr,
-                                    p1,
-                                    dx_out,
-                                    None,
-                                )?;
-                                (gr, None)
+                        let (p, ctx, y_p, mut slots) = match producer {
+                            Some((p, ctx, y_p, slots)) => (Some(p), Some(ctx), y_p, slots),
+                            None => (None, None, None, vec![]),
+                        };
+                        let hook = |b: usize, dxb: &mut [f32], slot: &mut [(f64, f64)]| {
+                            if let Some(ctx) = &ctx {
+                                let yb = y_p.map(|y| &y[b * in_len..(b + 1) * in_len]);
+                                ctx.image(b, dxb, yb, slot);
                             }
                         };
-                        if let Some((p, slots)) = sums {
+                        let h: ImageHook = &hook;
+                        let hook_arg = p.map(|_| (h, &mut slots[..]));
+                        let grads_i = layer.backward(
+                            &geoms[i],
+                            &ns.saved[i],
+                            xi,
+                            w,
+                            gamma,
+                            beta,
+                            y,
+                            d,
+                            tr,
+                            p1,
+                            dx_out,
+                            hook_arg,
+                        )?;
+                        if let Some(p) = p {
                             pass1[p] = Some(slots);
                         }
                         let Grads { dx, dw, dgb, dr } = grads_i;
