@@ -235,7 +235,7 @@ impl<'a> Plan<'a> {
             let packed = winograd::Packed::new(g, w, input_grad);
             return Plan::Winograd { packed, parallel };
         }
-        if direct::usable(g, input_grad) {
+        if direct::usable(g) {
             let packed = direct::Packed::new(g, w, input_grad);
             return Plan::Direct { packed, parallel };
         }

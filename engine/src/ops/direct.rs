@@ -1,4 +1,4 @@
-//! Direct 3×3 convolution, padding 1, stride 1 (forward and input gradient) or 2 (forward), on
+//! Direct 3×3 convolution, padding 1, stride 1 or 2 (forward and input gradient), on
 //! AVX-512: no im2col matrix, no packing.
 //!
 //! The input plane of each channel is copied once into a zero-bordered plane of width
@@ -15,8 +15,9 @@
 //! the backward pass needs no col2im either. With stride 2 the padded plane is stored as four
 //! phase planes (by row and column parity, see [`Packed`]), on which each tap is again one
 //! shifted read (ResNet's strided 3×3 convolutions, forward: 16 → 32 from 28 × 28 22 µs per
-//! image against im2col + GEMM's 30 or more, one thread); their input gradient stays on
-//! im2col + GEMM + col2im.
+//! image against im2col + GEMM's 30 or more, one thread). Their input gradient is computed by
+//! the parity of the input position: four convolutions of the output gradient with 1, 2, 2 and 4
+//! taps, interleaved into the rows (see [`Packed`]).
 //!
 //! Used for outputs at least [`MIN_WIDTH`] (7) wide with at least [`MIN_CHANNELS`] (4) input
 //! and output channels, on CPUs with AVX-512F (checked at run time);
@@ -41,12 +42,12 @@ pub(super) const MIN_WIDTH: usize = 7;
 /// gradient of such a layer).
 pub(super) const MIN_CHANNELS: usize = 4;
 
-/// True when `g` is a 3×3 / padding 1 convolution that this kernel handles here: stride 1
-/// (forward and input gradient), or stride 2 (forward only: see [`Packed`]).
-pub(super) fn usable(g: &Geometry, input_grad: bool) -> bool {
+/// True when `g` is a 3×3 / padding 1 convolution of stride 1 or 2 that this kernel handles
+/// here (forward and input gradient, see [`Packed`]).
+pub(super) fn usable(g: &Geometry) -> bool {
     g.kh == 3
         && g.kw == 3
-        && (g.stride == 1 || (g.stride == 2 && !input_grad))
+        && (g.stride == 1 || g.stride == 2)
         && g.pad == 1
         && g.wo >= MIN_WIDTH
         && g.h >= 1
@@ -79,6 +80,17 @@ pub(super) fn taps<'a>(
     (cin, cout, at)
 }
 
+/// The taps of a strided input gradient along one axis, by the parity of the input row (or
+/// column): `(k, d)`, kernel row `k` reading the output gradient `d` rows below. With stride 2
+/// and padding 1, input row `i` receives from the output rows `oh` with `i = 2·oh + k − 1`: an
+/// even `i = 2m` from `oh = m` (k = 1), an odd `i = 2m + 1` from `oh = m + 1` (k = 0) and
+/// `oh = m` (k = 2).
+const PARITY_TAPS: [&[(usize, usize)]; 2] = [&[(1, 0)], &[(0, 1), (2, 0)]];
+
+/// The four phases (row parity, column parity) of a strided input gradient, in the order their
+/// weights are packed; the two of one row parity are computed together and interleaved.
+const PHASES: [(usize, usize); 4] = [(0, 0), (0, 1), (1, 0), (1, 1)];
+
 /// Weights in kernel order: per block of `ob` output channels, per input channel, per tap, the
 /// block's `ob` values (zero for the channels past the last one).
 ///
@@ -87,16 +99,28 @@ pub(super) fn taps<'a>(
 /// a grid `wq = Wo + 1` wide. Output `(i, j)` of tap `(ki, kj)` reads padded value
 /// `(2·i + ki, 2·j + kj)`, which is phase `(ki mod 2, kj mod 2)` at `(i + ⌊ki/2⌋)·wq + j +
 /// ⌊kj/2⌋`: again one shifted read per tap, so the same kernel runs it (one junk column).
+///
+/// The input gradient of a stride-2 convolution is computed by the phase of its positions
+/// instead: the output gradient (Ho × Wo) is stored on the same `wq`-wide grid with a zero row
+/// and column after it, and input position `(2m + pr, 2n + pc)` is, by [`PARITY_TAPS`], a
+/// convolution at grid position `(m, n)` with 1, 2, 2 or 4 taps for phases (0, 0), (0, 1), (1, 0),
+/// (1, 1) — 9 in all, as many multiplies as the forward pass, and no col2im. Each phase's
+/// weights are packed as above, one phase after the other.
 pub(super) struct Packed {
     w: Vec<f32>,
     cin: usize,
     cout: usize,
-    /// Input and output height and width.
+    /// Input and output height and width (of the forward convolution).
     h: usize,
     wd: usize,
     ho: usize,
     wo: usize,
     stride: usize,
+    /// The input gradient of a stride-2 convolution (by phases).
+    phased: bool,
+    /// Where each tap reads, from the output position, within a channel: per phase when
+    /// `phased` (in [`PHASES`] order), else one list of 9.
+    offs: Vec<Vec<usize>>,
     /// Output channels and 16-float position vectors per kernel block (one of [`BLOCKS`]).
     ob: usize,
     pb: usize,
@@ -108,13 +132,12 @@ impl Packed {
     }
 
     /// The forward convolution of `g` with weights `w` (O × C × 3 × 3), or its input gradient
-    /// (see [`taps`]; stride 1 only).
+    /// (see [`taps`] for stride 1, [`Packed`] for stride 2).
     pub(super) fn new(g: &Geometry, w: &[f32], input_grad: bool) -> Self {
-        assert!(
-            g.stride == 1 || !input_grad,
-            "direct: no strided input gradient"
-        );
-        let (cin, cout, at) = taps(g, w, input_grad);
+        let phased = input_grad && g.stride == 2;
+        // The flipped taps of a stride-1 input gradient; the phases take the forward's own.
+        let (cin, cout, at) = taps(g, w, input_grad && !phased);
+        let (cin, cout) = if phased { (cout, cin) } else { (cin, cout) };
         let mut p = Self {
             w: vec![],
             cin,
@@ -124,6 +147,8 @@ impl Packed {
             ho: g.ho,
             wo: g.wo,
             stride: g.stride,
+            phased,
+            offs: vec![],
             ob: 0,
             pb: 0,
         };
@@ -134,24 +159,50 @@ impl Packed {
             .min_by_key(|&(_, pb)| q.next_multiple_of(16 * pb))
             .expect("BLOCKS is not empty");
         let (ob, blocks) = (p.ob, p.blocks());
-        let mut packed = vec![0f32; blocks * cin * 9 * ob];
-        for b in 0..blocks {
-            for c in 0..cin {
-                for t in 0..9 {
-                    for j in 0..ob {
-                        let o = b * ob + j;
-                        if o < cout {
-                            packed[((b * cin + c) * 9 + t) * ob + j] = at(o, c, t);
+        // Per phase (one, with all 9 taps, when not phased): per block, input channel and tap,
+        // the block's values.
+        let phases: Vec<Vec<usize>> = if phased {
+            PHASES
+                .iter()
+                .map(|&(pr, pc)| {
+                    let mut t = vec![];
+                    for &(ki, _) in PARITY_TAPS[pr] {
+                        for &(kj, _) in PARITY_TAPS[pc] {
+                            t.push(3 * ki + kj);
+                        }
+                    }
+                    t
+                })
+                .collect()
+        } else {
+            vec![(0..9).collect()]
+        };
+        let mut packed = Vec::with_capacity(blocks * cin * 9 * ob);
+        for taps in &phases {
+            for b in 0..blocks {
+                for c in 0..cin {
+                    for &t in taps {
+                        for j in 0..ob {
+                            let o = b * ob + j;
+                            packed.push(match (o < cout, phased) {
+                                (false, _) => 0.0,
+                                // Output channel o of the gradient is input channel o of the
+                                // forward convolution, c its output channel.
+                                (true, true) => at(c, o, t),
+                                (true, false) => at(o, c, t),
+                            });
                         }
                     }
                 }
             }
         }
         p.w = packed;
+        p.offs = p.tap_offsets();
         p
     }
 
-    /// Width of a row of the output grid (the padded input's, or the phase planes').
+    /// Width of a row of the output grid (the padded input's, the phase planes' or the
+    /// output gradient's).
     fn wp(&self) -> usize {
         match self.stride {
             1 => self.wd + 2,
@@ -168,36 +219,66 @@ impl Packed {
     fn qpad(&self) -> usize {
         self.q().next_multiple_of(self.qb())
     }
-    /// One phase plane (stride 2).
+    /// One phase plane (stride 2), or the output gradient's grid with its zero row.
     fn phase_len(&self) -> usize {
         (self.ho + 1) * self.wp()
     }
-    /// One channel of the padded input (its four phase planes with stride 2).
+    /// One channel of what the kernel reads: the padded input (its four phase planes with
+    /// stride 2), or the output gradient's grid.
     fn plane_in(&self) -> usize {
-        match self.stride {
-            1 => (self.h + 2) * self.wp(),
-            _ => 4 * self.phase_len(),
+        match (self.stride, self.phased) {
+            (1, _) => (self.h + 2) * self.wp(),
+            (_, false) => 4 * self.phase_len(),
+            (_, true) => self.phase_len(),
         }
     }
-    /// Where tap t reads, from the output position, within a channel.
-    fn offs(&self) -> [usize; 9] {
+    /// [`Packed::offs`].
+    fn tap_offsets(&self) -> Vec<Vec<usize>> {
         let wp = self.wp();
-        std::array::from_fn(|t| {
-            let (ki, kj) = (t / 3, t % 3);
-            match self.stride {
-                1 => ki * wp + kj,
-                _ => (2 * (ki % 2) + kj % 2) * self.phase_len() + (ki / 2) * wp + kj / 2,
-            }
-        })
+        if self.phased {
+            return PHASES
+                .iter()
+                .map(|&(pr, pc)| {
+                    let mut o = vec![];
+                    for &(_, dr) in PARITY_TAPS[pr] {
+                        for &(_, dc) in PARITY_TAPS[pc] {
+                            o.push(dr * wp + dc);
+                        }
+                    }
+                    o
+                })
+                .collect();
+        }
+        vec![(0..9)
+            .map(|t| {
+                let (ki, kj) = (t / 3, t % 3);
+                match self.stride {
+                    1 => ki * wp + kj,
+                    _ => (2 * (ki % 2) + kj % 2) * self.phase_len() + (ki / 2) * wp + kj / 2,
+                }
+            })
+            .collect()]
     }
 
     /// The padded input planes, plus slack for the last block's reads past the last plane.
     fn xpad_len(&self) -> usize {
-        let reach = self.qpad() + self.offs().into_iter().max().unwrap_or(0) + 1;
+        let far = self.offs.iter().flatten().copied().max().unwrap_or(0);
+        let reach = self.qpad() + far + 1;
         (self.cin - 1) * self.plane_in() + reach.max(self.plane_in()) + 16
     }
     fn out_len(&self) -> usize {
-        self.blocks() * self.ob * self.qpad()
+        // The input gradient by phases keeps the two phases of one row parity.
+        let phases = if self.phased { 2 } else { 1 };
+        phases * self.blocks() * self.ob * self.qpad()
+    }
+    /// Values read per image, and written.
+    fn lens(&self) -> (usize, usize) {
+        let (input, output) = (self.h * self.wd, self.ho * self.wo);
+        if self.phased {
+            (self.cin * output, self.cout * input)
+        } else {
+            (self.cin * input, self.cout * output)
+        }
     }
 
     /// Buffers for [`Packed::run`], reusable for every image of the same convolution.
@@ -210,7 +291,19 @@ impl Packed {
 
     /// Image `x`'s interior into the padded planes (the border stays zero from the allocation).
     fn pad_input(&self, x: &[f32], xpad: &mut [f32]) {
-        let (h, w, wp, pin) = (self.h, self.wd, self.wp(), self.plane_in());
+        let (wp, pin) = (self.wp(), self.plane_in());
+        if self.phased {
+            // The output gradient's rows, at the top left of its grid.
+            let (ho, wo) = (self.ho, self.wo);
+            for c in 0..self.cin {
+                for i in 0..ho {
+                    let src = &x[(c * ho + i) * wo..(c * ho + i + 1) * wo];
+                    xpad[c * pin + i * wp..c * pin + i * wp + wo].copy_from_slice(src);
+                }
+            }
+            return;
+        }
+        let (h, w) = (self.h, self.wd);
         let plane = h * w;
         for c in 0..self.cin {
             for i in 0..h {
@@ -236,49 +329,58 @@ impl Packed {
         }
     }
 
-    /// `y (cout × Ho × Wo) = conv(x (cin × H × W))` for one image; `parallel` splits the channel
-    /// blocks over the rayon pool (for batches smaller than the pool).
+    /// Every block of output channels, one tap list, into `out` (`blocks · ob` rows of `qpad`).
+    fn blocks_into(
+        &self,
+        xpad: &[f32],
+        w: &[f32],
+        offs: &[usize],
+        out: &mut [f32],
+        parallel: bool,
+    ) {
+        let (ob, pb, qb, qpad, pin) = (self.ob, self.pb, self.qb(), self.qpad(), self.plane_in());
+        let wlen = self.cin * offs.len() * ob;
+        let cin = self.cin;
+        let block = |b: usize, out: &mut [f32]| {
+            let wb = &w[b * wlen..(b + 1) * wlen];
+            for q0 in (0..qpad).step_by(qb) {
+                // SAFETY: avx512f was detected (`usable`); every read lies inside xpad (its
+                // slack covers the last block's overhang past the last plane) and every write
+                // inside this block's `ob` rows of `out` (qpad positions each).
+                unsafe { dispatch(ob, pb, xpad, pin, cin, offs, wb, out, qpad, q0) }
+            }
+        };
+        if parallel {
+            use rayon::prelude::*;
+            out.par_chunks_mut(ob * qpad)
+                .enumerate()
+                .for_each(|(b, out)| block(b, out));
+        } else {
+            for (b, out) in out.chunks_mut(ob * qpad).enumerate() {
+                block(b, out);
+            }
+        }
+    }
+
+    /// `y (cout × Ho × Wo) = conv(x (cin × H × W))` for one image, or the input gradient
+    /// `dx (C × H × W)` of `dy (O × Ho × Wo)`; `parallel` splits the channel blocks over the
+    /// rayon pool (for batches smaller than the pool).
     pub(super) fn run(&self, x: &[f32], s: &mut Scratch, y: &mut [f32], parallel: bool) {
         let (ho, wo, wp) = (self.ho, self.wo, self.wp());
-        let (pin, qpad) = (self.plane_in(), self.qpad());
+        let qpad = self.qpad();
         // The kernel reads and writes through raw pointers: these sizes are what keeps it in
         // bounds (a scratch of another convolution would not be).
-        assert!(x.len() >= self.cin * self.h * self.wd && y.len() >= self.cout * ho * wo);
+        let (src_len, dst_len) = self.lens();
+        assert!(x.len() >= src_len && y.len() >= dst_len);
         assert!(
             s.xpad.len() >= self.xpad_len() && s.out.len() >= self.out_len(),
             "direct convolution: scratch of another geometry"
         );
         self.pad_input(x, &mut s.xpad);
-        let offs = self.offs();
-        let (ob, qb) = (self.ob, self.qb());
-        let wlen = self.cin * 9 * ob;
-        let xpad = &s.xpad;
-        let block = |b: usize, out: &mut [f32]| {
-            let wb = &self.w[b * wlen..(b + 1) * wlen];
-            for q0 in (0..qpad).step_by(qb) {
-                // SAFETY: avx512f was detected (`usable`); every read lies inside xpad (its
-                // slack covers the last block's overhang past the last plane) and every write
-                // inside this block's `ob` rows of `out` (qpad positions each).
-                unsafe {
-                    match (ob, self.pb) {
-                        (8, 3) => kernel::<8, 3, 9>(xpad, pin, self.cin, &offs, wb, out, qpad, q0),
-                        (6, 4) => kernel::<6, 4, 9>(xpad, pin, self.cin, &offs, wb, out, qpad, q0),
-                        other => unreachable!("block shape {other:?} is not in BLOCKS"),
-                    }
-                }
-            }
-        };
-        if parallel {
-            use rayon::prelude::*;
-            s.out
-                .par_chunks_mut(ob * qpad)
-                .enumerate()
-                .for_each(|(b, out)| block(b, out));
-        } else {
-            for (b, out) in s.out.chunks_mut(ob * qpad).enumerate() {
-                block(b, out);
-            }
+        if self.phased {
+            return self.run_phases(s, y, parallel);
         }
+        self.blocks_into(&s.xpad, &self.w, &self.offs[0], &mut s.out, parallel);
         let plane = ho * wo;
         for o in 0..self.cout {
             for i in 0..ho {
@@ -287,6 +389,80 @@ impl Packed {
                     .copy_from_slice(&s.out[src..src + wo]);
             }
         }
+    }
+
+    /// The input gradient of a stride-2 convolution, two phases (one row parity) at a time:
+    /// their grids interleaved column by column into the rows of that parity.
+    fn run_phases(&self, s: &mut Scratch, dx: &mut [f32], parallel: bool) {
+        let (h, w, wp, qpad) = (self.h, self.wd, self.wp(), self.qpad());
+        let rows = self.blocks() * self.ob * qpad;
+        let mut base = 0;
+        for pr in 0..2 {
+            let (even, odd) = s.out.split_at_mut(rows);
+            for (pc, out) in [even, odd].into_iter().enumerate() {
+                let taps = &self.offs[2 * pr + pc];
+                let len = self.blocks() * self.cin * taps.len() * self.ob;
+                self.blocks_into(&s.xpad, &self.w[base..base + len], taps, out, parallel);
+                base += len;
+            }
+            let (even, odd) = s.out.split_at(rows);
+            for c in 0..self.cout {
+                for (m, i) in (pr..h).step_by(2).enumerate() {
+                    let src = c * qpad + m * wp;
+                    let (a, b) = (&even[src..src + wp], &odd[src..src + wp]);
+                    let row = &mut dx[(c * h + i) * w..(c * h + i + 1) * w];
+                    for (k, pair) in row.chunks_mut(2).enumerate() {
+                        pair[0] = a[k];
+                        if let Some(v) = pair.get_mut(1) {
+                            *v = b[k];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`kernel`] for a block shape of [`BLOCKS`] and a tap count of 1, 2, 4 or 9.
+///
+/// # Safety
+/// As [`kernel`]'s.
+#[allow(clippy::too_many_arguments)]
+unsafe fn dispatch(
+    ob: usize,
+    pb: usize,
+    xpad: &[f32],
+    pin: usize,
+    cin: usize,
+    offs: &[usize],
+    w: &[f32],
+    out: &mut [f32],
+    row: usize,
+    q0: usize,
+) {
+    macro_rules! taps {
+        ($ob:literal, $pb:literal) => {
+            match offs.len() {
+                1 => {
+                    kernel::<$ob, $pb, 1>(xpad, pin, cin, offs.try_into().unwrap(), w, out, row, q0)
+                }
+                2 => {
+                    kernel::<$ob, $pb, 2>(xpad, pin, cin, offs.try_into().unwrap(), w, out, row, q0)
+                }
+                4 => {
+                    kernel::<$ob, $pb, 4>(xpad, pin, cin, offs.try_into().unwrap(), w, out, row, q0)
+                }
+                9 => {
+                    kernel::<$ob, $pb, 9>(xpad, pin, cin, offs.try_into().unwrap(), w, out, row, q0)
+                }
+                n => unreachable!("{n} taps"),
+            }
+        };
+    }
+    match (ob, pb) {
+        (8, 3) => taps!(8, 3),
+        (6, 4) => taps!(6, 4),
+        other => unreachable!("block shape {other:?} is not in BLOCKS"),
     }
 }
 
@@ -389,7 +565,7 @@ mod tests {
             (4, 8, 12, 17),
         ] {
             let g = Geometry::new(&[1, c, h, w], &[o, c, 3, 3], 1, 1).unwrap();
-            assert!(usable(&g, false) && usable(&g, true));
+            assert!(usable(&g));
             let x = randv(c * h * w, 1);
             let wt = randv(o * c * 9, 2);
             let dy = randv(o * h * w, 3);
@@ -413,10 +589,10 @@ mod tests {
         }
     }
 
-    /// Stride 2 (the forward pass only) against im2col + GEMM: even and odd planes, square and
-    /// not, ResNet-20's two strided shapes among them.
+    /// Stride 2, forward and input gradient (by phases), against im2col + GEMM (+ col2im): even
+    /// and odd planes, square and not, ResNet-20's two strided shapes among them.
     #[test]
-    fn strided_forward_matches_im2col() {
+    fn strided_forward_and_input_gradient_match_im2col() {
         if !has_avx512f() {
             eprintln!("no AVX-512 here: the direct kernel is not used, nothing to check");
             return;
@@ -428,11 +604,11 @@ mod tests {
             (5, 9, 14, 13),
         ] {
             let g = Geometry::new(&[1, c, h, w], &[o, c, 3, 3], 2, 1).unwrap();
-            assert!(usable(&g, false) && !usable(&g, true));
+            assert!(usable(&g));
             let x = randv(c * h * w, 4);
             let wt = randv(o * c * 9, 5);
             let dy = randv(o * g.hw_out(), 6);
-            let (y_ref, _) = Plan::im2col_reference(&g, &wt, &x, &dy);
+            let (y_ref, dx_ref) = Plan::im2col_reference(&g, &wt, &x, &dy);
             for parallel in [false, true] {
                 let f = Packed::new(&g, &wt, false);
                 let mut s = f.scratch();
@@ -440,6 +616,17 @@ mod tests {
                 f.run(&randv(c * h * w, 7), &mut s, &mut y, parallel);
                 f.run(&x, &mut s, &mut y, parallel);
                 close(&y, &y_ref, &format!("stride 2 {c}→{o} {h}×{w}"));
+                // Twice as well: the second image must not see the first one's values.
+                let bk = Packed::new(&g, &wt, true);
+                let mut s = bk.scratch();
+                let mut dx = vec![f32::NAN; c * h * w];
+                bk.run(&randv(o * g.hw_out(), 8), &mut s, &mut dx, parallel);
+                bk.run(&dy, &mut s, &mut dx, parallel);
+                close(
+                    &dx,
+                    &dx_ref,
+                    &format!("stride 2 input gradient {c}→{o} {h}×{w}"),
+                );
             }
         }
     }
@@ -447,13 +634,13 @@ mod tests {
     #[test]
     fn narrow_strided_and_other_kernels_are_not_taken() {
         let g = |xs: [usize; 4], ws: [usize; 4], s, p| Geometry::new(&xs, &ws, s, p).unwrap();
-        assert!(!usable(&g([1, 4, 6, 6], [4, 4, 3, 3], 1, 1), false));
-        // Stride 2: 12 → 6 wide is too narrow; the input gradient never.
-        assert!(!usable(&g([1, 4, 12, 12], [4, 4, 3, 3], 2, 1), false));
-        assert!(!usable(&g([1, 4, 28, 28], [4, 4, 3, 3], 2, 1), true));
-        assert!(!usable(&g([1, 4, 28, 28], [4, 4, 1, 1], 1, 0), false));
-        assert!(!usable(&g([1, 4, 28, 28], [4, 4, 5, 5], 1, 2), false));
-        assert!(!usable(&g([1, 3, 28, 28], [32, 3, 3, 3], 1, 1), false));
-        assert!(!usable(&g([1, 32, 28, 28], [3, 32, 3, 3], 1, 1), true));
+        assert!(!usable(&g([1, 4, 6, 6], [4, 4, 3, 3], 1, 1)));
+        // Stride 2: 12 → 6 wide is too narrow.
+        assert!(!usable(&g([1, 4, 12, 12], [4, 4, 3, 3], 2, 1)));
+        assert!(!usable(&g([1, 4, 28, 28], [4, 4, 3, 3], 3, 1)));
+        assert!(!usable(&g([1, 4, 28, 28], [4, 4, 1, 1], 1, 0)));
+        assert!(!usable(&g([1, 4, 28, 28], [4, 4, 5, 5], 1, 2)));
+        assert!(!usable(&g([1, 3, 28, 28], [32, 3, 3, 3], 1, 1)));
+        assert!(!usable(&g([1, 32, 28, 28], [3, 32, 3, 3], 1, 1)));
     }
 }
