@@ -147,6 +147,25 @@ pub(super) fn col2im(g: &Geometry, cols: &[f32], dx: &mut [f32]) {
     }
 }
 
+/// The input gradient (C × H × W) of a 1 × 1 convolution with stride s and no padding from its
+/// values at the sampled positions, `cols` (C × Ho × Wo): `dx[c][s·i][s·j] = cols[c][i][j]`,
+/// zero elsewhere. Every element of `dx` is written.
+fn scatter_strided_1x1(g: &Geometry, cols: &[f32], dx: &mut [f32]) {
+    let (h, w, s) = (g.h, g.w, g.stride);
+    for c in 0..g.c {
+        for ih in 0..h {
+            let row = &mut dx[(c * h + ih) * w..(c * h + ih + 1) * w];
+            row.fill(0.0);
+            if ih % s == 0 && ih / s < g.ho {
+                let src = &cols[(c * g.ho + ih / s) * g.wo..(c * g.ho + ih / s + 1) * g.wo];
+                for (d, v) in row.iter_mut().step_by(s).zip(src) {
+                    *d = *v;
+                }
+            }
+        }
+    }
+}
+
 /// `dst (m×n) = [dst +] lhs (m×k) · rhs (k×n)`, every matrix given by (row stride, col stride).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn matmul(
@@ -338,6 +357,11 @@ impl<'a> Plan<'a> {
                 // Wᵀ (CK × O): element (ck, o) lives at w[o·CK + ck].
                 if g.pointwise() {
                     matmul(ck, hw, g.o, dst, false, w, 1, ck, src, hw, 1, par);
+                } else if g.kh == 1 && g.kw == 1 && g.pad == 0 {
+                    // A strided 1 × 1 convolution (a projection shortcut): its input gradient
+                    // is zero but at every stride-th row and column, written row by row.
+                    matmul(ck, hw, g.o, cols, false, w, 1, ck, src, hw, 1, par);
+                    scatter_strided_1x1(g, cols, dst);
                 } else {
                     matmul(ck, hw, g.o, cols, false, w, 1, ck, src, hw, 1, par);
                     // col2im adds into dst: zero this image's planes first (callers allocate
@@ -620,6 +644,8 @@ mod tests {
         check(2, 3, 8, 5, 3, 2, 1);
         check(4, 3, 6, 2, 1, 1, 0);
         check(2, 4, 8, 3, 1, 2, 0);
+        check(2, 4, 7, 3, 1, 2, 0);
+        check(3, 3, 8, 2, 1, 3, 0);
     }
 
     #[test]

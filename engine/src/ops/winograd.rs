@@ -38,6 +38,7 @@
 use super::conv::Geometry;
 use super::direct::taps;
 use super::has_avx512f;
+use rayon::prelude::*;
 
 /// With fewer input or output channels each transformed value gets too few multiply-adds to pay
 /// for its transforms. Measured per image, one thread, forward (Intel Xeon with two AVX-512 FMA
@@ -110,13 +111,18 @@ impl Packed {
         let (cin, cout, at) = taps(g, w, input_grad);
         let blocks = cout.div_ceil(OB);
         let mut u = vec![0f32; 16 * blocks * cin * OB];
-        for o in 0..cout {
-            for c in 0..cin {
-                let t = transform_weight(std::array::from_fn(|k| at(o, c, k) as f64));
-                let (b, j) = (o / OB, o % OB);
-                for (xi, v) in t.into_iter().enumerate() {
-                    u[((xi * blocks + b) * cin + c) * OB + j] = v;
-                }
+        // The transforms (once per layer and step, 4096 of them for 64 → 64) on every thread:
+        // the batches this path runs (≥ MIN_BATCH images) wait for them otherwise.
+        let transformed: Vec<[f32; 16]> = (0..cout * cin)
+            .into_par_iter()
+            .with_min_len(256)
+            .map(|k| transform_weight(std::array::from_fn(|t| at(k / cin, k % cin, t) as f64)))
+            .collect();
+        for (k, t) in transformed.into_iter().enumerate() {
+            let (o, c) = (k / cin, k % cin);
+            let (b, j) = (o / OB, o % OB);
+            for (xi, v) in t.into_iter().enumerate() {
+                u[((xi * blocks + b) * cin + c) * OB + j] = v;
             }
         }
         Self {
