@@ -79,7 +79,9 @@ pub(super) struct Layer {
     /// Leave the epilogue to the layer that reads the output: the forward keeps z (even
     /// without `keep`) and returns no output; the reader gets [`Input::Virtual`]. The network
     /// executor sets it for a plain layer (no residual, pooling or recomputation) whose output
-    /// only one layer reads, as its input.
+    /// only one layer reads, as its input, and for a residual layer whose first reader reads
+    /// the output as its input (which then also writes it out for the others, see
+    /// [`Layer::forward`]).
     pub(super) defer: bool,
 }
 
@@ -88,14 +90,16 @@ pub(super) struct Layer {
 pub(super) enum Input<'a> {
     /// The input itself.
     Plain(&'a [f32]),
-    /// `act(z·scale + shift)` per channel: the output of a layer that deferred its epilogue,
-    /// computed here image by image into a buffer that stays in cache (instead of a pass over
-    /// the whole batch that writes it to memory and a read of it back).
+    /// `act(z·scale + shift (+ r))` per channel: the output of a layer that deferred its
+    /// epilogue, computed here image by image into a buffer that stays in cache (instead of a
+    /// pass over the whole batch that writes it to memory and a read of it back).
     Virtual {
         z: &'a [f32],
         scale: &'a [f32],
         shift: &'a [f32],
         relu: bool,
+        /// The producer's residual input.
+        r: Option<&'a [f32]>,
     },
 }
 
@@ -110,9 +114,11 @@ impl Input<'_> {
                 scale,
                 shift,
                 relu,
+                r,
             } => {
                 let zb = &z[b * len..(b + 1) * len];
-                epilogue_planes(&mut tmp[..len], zb, None, scale, shift, relu);
+                let rb = r.map(|r| &r[b * len..(b + 1) * len]);
+                epilogue_planes(&mut tmp[..len], zb, rb, scale, shift, relu);
                 &tmp[..len]
             }
         }
@@ -796,7 +802,10 @@ impl Layer {
     }
 
     /// The forward pass: the output `y` (N, O, H', W') and what the backward needs (`z` only
-    /// when `keep` and not `recompute`).
+    /// when `keep` and not `recompute`). `materialize` (with a virtual input only) receives
+    /// that input, image by image as it is computed: the output of a deferring layer that
+    /// other layers read as well.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn forward(
         &self,
         g: &Geometry,
@@ -805,19 +814,32 @@ impl Layer {
         gamma: &[f32],
         beta: &[f32],
         r: Option<&[f32]>,
+        materialize: Option<&mut [f32]>,
     ) -> Result<(Vec<f32>, Saved)> {
         let in_len = g.in_len();
         match input {
             Input::Plain(x) => self.check_inputs(g, Some(x), w, gamma, beta)?,
-            Input::Virtual { z, scale, .. } => {
+            Input::Virtual { z, scale, r, .. } => {
                 self.check_inputs(g, None, w, gamma, beta)?;
-                if z.len() != g.b * in_len || scale.len() != g.c {
+                let n = g.b * in_len;
+                if z.len() != n || scale.len() != g.c || r.is_some_and(|r| r.len() != n) {
                     candle_core::bail!("conv_bn: virtual input of {} values", z.len());
                 }
             }
         }
-        if self.defer && (self.residual || self.pool > 1 || self.recompute) {
-            candle_core::bail!("conv_bn: only a plain layer can leave its output to its reader");
+        match (&materialize, input) {
+            (None, _) => {}
+            (Some(m), Input::Virtual { .. }) if m.len() == g.b * in_len => {}
+            (Some(m), _) => candle_core::bail!(
+                "conv_bn: {} values to write a virtual input of {} into",
+                m.len(),
+                g.b * in_len
+            ),
+        }
+        if self.defer && (self.pool > 1 || self.recompute) {
+            candle_core::bail!(
+                "conv_bn: a pooled or recomputing layer cannot leave its output to its reader"
+            );
         }
         match r {
             Some(r) if !self.residual || r.len() != g.b * g.out_len() => candle_core::bail!(
@@ -894,14 +916,29 @@ impl Layer {
                     },
                 );
         } else {
-            let tmp_len = if plain.is_some() { 0 } else { in_len };
+            // A virtual input is computed into a buffer per worker, or, to be materialized, into
+            // its place in `materialize` (read by the convolution right after, in cache).
+            let tmp_len = if plain.is_some() || materialize.is_some() {
+                0
+            } else {
+                in_len
+            };
+            let mut into: Vec<&mut [f32]> = match materialize {
+                Some(m) => m.chunks_mut(in_len).collect(),
+                None => (0..g.b).map(|_| <&mut [f32]>::default()).collect(),
+            };
             z.par_chunks_mut(g.out_len())
                 .zip(partial.par_chunks_mut(o))
+                .zip(into.par_iter_mut())
                 .enumerate()
                 .for_each_init(
                     || (plan.scratch(), vec![0f32; tmp_len]),
-                    |(scratch, tmp), (b, (zb, pb))| {
-                        plan.run(input.image(b, in_len, tmp), scratch, zb);
+                    |(scratch, tmp), (b, ((zb, pb), mb))| {
+                        let xb = match mb.is_empty() {
+                            true => input.image(b, in_len, tmp),
+                            false => input.image(b, in_len, mb),
+                        };
+                        plan.run(xb, scratch, zb);
                         sums(zb, pb);
                     },
                 );
@@ -1451,7 +1488,9 @@ impl CustomOp3 for ConvBnOp {
         let g = self.layer.geometry(l1.dims())?;
         let x = f32_slice(s1, l1)?;
         let (w, gamma, beta, r) = self.params(&g, f32_slice(s2, l2)?, f32_slice(s3, l3)?)?;
-        let (y, saved) = self.layer.forward(&g, Input::Plain(x), w, gamma, beta, r)?;
+        let (y, saved) = self
+            .layer
+            .forward(&g, Input::Plain(x), w, gamma, beta, r, None)?;
         *self.saved.lock().expect("conv_bn lock") = Some(saved);
         Ok((
             CpuStorage::F32(y),

@@ -15,7 +15,10 @@
 //!   output only one layer reads, as its input, is never written out: the reader normalizes
 //!   that layer's stored convolution image by image into a buffer that stays in cache (a
 //!   ResNet block's first half; not where the reader's weight needs a gradient, which reads
-//!   the input again).
+//!   the input again). A residual layer's output (a block's end), which several layers and the
+//!   backward pass read, is computed the same way by its first reader when that reads it as its
+//!   input, and written out from that buffer as it goes: no separate pass over the batch and
+//!   no read of it back from memory for that convolution.
 //! - backward: in reverse order; the gradient of an activation read by several layers (a ResNet
 //!   block's input: its first convolution and its shortcut, or its residual path) is the sum of
 //!   theirs, each image's share added in place, while in cache, into what arrived first. The
@@ -35,7 +38,7 @@ use super::fused::{
     composed, scale_shift, ConvBnCfg, DxOut, Grads, ImageHook, Input, Layer, Pass1, Pass1Ctx,
     Saved, Tracked,
 };
-use super::{f32_slice, with_f32};
+use super::{f32_slice, uninit_f32, with_f32};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use std::sync::{Arc, Mutex};
 
@@ -164,6 +167,14 @@ impl CustomOp2 for NetOp {
                 last_use[r] = i;
             }
         }
+        // A deferring residual layer's residual is read by the layer that computes its output.
+        for (j, layer) in self.layers.iter().enumerate() {
+            if let (true, Some(r)) = (layer.defer, self.wiring[j].1) {
+                if let Some(i) = (j + 1..n).find(|&i| self.wiring[i].0 == j + 1) {
+                    last_use[r] = last_use[r].max(i);
+                }
+            }
+        }
         let keep = self.keep;
         let mut acts: Vec<Vec<f32>> = Vec::with_capacity(n);
         let mut dims = vec![in_dims];
@@ -177,18 +188,32 @@ impl CustomOp2 for NetOp {
             let r = residual.map(|r| self.act(r, x, &acts));
             let [w, gamma, beta] = &self.params[i];
             let (y, mut s) = match input {
-                // The producer deferred its epilogue to this layer.
-                a if a > 0 && self.layers[a - 1].defer => {
-                    let (scale, shift) = &epilogues[a - 1];
+                // The producer deferred its epilogue to this layer, its first reader.
+                a if a > 0 && self.layers[a - 1].defer && acts[a - 1].is_empty() => {
+                    let p = a - 1;
+                    let (scale, shift) = &epilogues[p];
                     let xi = Input::Virtual {
-                        z: &saved[a - 1].z,
+                        z: &saved[p].z,
                         scale,
                         shift,
-                        relu: self.layers[a - 1].relu,
+                        relu: self.layers[p].relu,
+                        r: self.wiring[p].1.map(|r| self.act(r, x, &acts)),
                     };
-                    layer.forward(&g, xi, w, gamma, beta, r)?
+                    if self.layers[p].residual {
+                        // Other layers read it too: written out as it is computed.
+                        // SAFETY: the forward writes every image of it.
+                        let mut m = unsafe { uninit_f32(g.b * g.in_len()) };
+                        let out = layer.forward(&g, xi, w, gamma, beta, r, Some(&mut m))?;
+                        acts[p] = m;
+                        out
+                    } else {
+                        layer.forward(&g, xi, w, gamma, beta, r, None)?
+                    }
                 }
-                a => layer.forward(&g, Input::Plain(self.act(a, x, &acts)), w, gamma, beta, r)?,
+                a => {
+                    let xi = Input::Plain(self.act(a, x, &acts));
+                    layer.forward(&g, xi, w, gamma, beta, r, None)?
+                }
             };
             stats.push(s.stats.take());
             epilogues.push(match layer.defer {
@@ -459,8 +484,14 @@ pub fn conv_bn_net(x: &Tensor, layers: &[NetLayer]) -> Result<(Tensor, Vec<Optio
                 [i] => layers[i].input == a && !layers[i].w.track_op() && !built[i].recompute,
                 _ => false,
             };
-            built[a - 1].defer =
-                only_input && p.residual.is_none() && p.cfg.pool <= 1 && !l.recompute;
+            // A residual layer's output is written out by its first reader, as it computes it.
+            let first_input = match readers.first() {
+                Some(&i) => layers[i].input == a && !built[i].recompute,
+                None => false,
+            };
+            let plain = only_input && p.residual.is_none();
+            let residual = first_input && p.residual.is_some();
+            built[a - 1].defer = (plain || residual) && p.cfg.pool <= 1 && !l.recompute;
         }
     }
     let stats = Arc::new(Mutex::new(vec![]));
