@@ -41,8 +41,17 @@ pub(super) struct Saved {
     /// With pooling: per pooled output, the position of the window's first maximum
     /// (`i·k + j`), or [`NO_GRAD`] when the maximum is a ReLU zero (no gradient passes).
     arg: Vec<u8>,
+    /// With a residual connection and a backward pass to follow: the output's ReLU mask, one
+    /// bit per value (per plane, [`mask_bytes`] bytes; see [`plane_masks`]), which the
+    /// backward's first pass reads instead of the output itself.
+    pub(super) mask: Vec<u8>,
     pub(super) nm: BnNormalizer,
     pub(super) stats: Option<BnStats>,
+}
+
+/// Bytes of one plane's ReLU mask: bit l of byte k is `y[8k + l] > 0`.
+pub(super) fn mask_bytes(hw: usize) -> usize {
+    hw.div_ceil(8)
 }
 
 const NO_GRAD: u8 = u8::MAX;
@@ -83,6 +92,14 @@ pub(super) struct Layer {
     /// the output as its input (which then also writes it out for the others, see
     /// [`Layer::forward`]).
     pub(super) defer: bool,
+}
+
+/// Where a layer's forward pass writes its virtual input as it computes it (the output of the
+/// layer that deferred its epilogue, which others read too): the values, and that layer's
+/// output mask when it keeps one (see [`Saved::mask`]).
+pub(super) struct Materialize<'a> {
+    pub(super) x: &'a mut [f32],
+    pub(super) mask: Option<&'a mut [u8]>,
 }
 
 /// A layer's input in the forward pass.
@@ -289,26 +306,34 @@ fn grad_sums(dy: &[f32], z: &[f32], (scale, shift): (f32, f32), m: f32, relu: bo
 /// With a residual connection the ReLU mask cannot be recomputed from z alone: `g` (dy on entry)
 /// becomes `dy` where the output `y > 0` (everywhere when `relu` is off) and 0 elsewhere — it is
 /// also the residual's gradient — and Σg, Σg·(z − m) are returned; 8 f32 lanes, as [`grad_sums`].
+/// The mask is the plane's bits (see [`mask_bytes`]), one byte per 8 lanes.
 #[inline(always)]
-fn masked_grad_sums(g: &mut [f32], y: &[f32], z: &[f32], m: f32, relu: bool) -> (f64, f64) {
+fn masked_grad_sums(g: &mut [f32], bits: &[u8], z: &[f32], m: f32, relu: bool) -> (f64, f64) {
     let (mut s, mut t) = ([0f32; 8], [0f32; 8]);
     let n = g.len();
-    let (y, z) = (&y[..n], &z[..n]);
-    let ((yc, yrest), (zc, zrest)) = (y.as_chunks::<8>(), z.as_chunks::<8>());
+    let z = &z[..n];
+    let (zc, zrest) = z.as_chunks::<8>();
     let (gc, grest) = g.as_chunks_mut::<8>();
-    let pass = |d: f32, yv: f32| keep_if(d, !relu || yv > 0.0);
-    for ((yv, zv), gv) in yc.iter().zip(zc).zip(gc.iter_mut()) {
-        *gv = std::array::from_fn(|l| pass(gv[l], yv[l]));
+    let pass = |d: f32, byte: u8, l: usize| keep_if(d, !relu || (byte >> l) & 1 != 0);
+    for ((zv, gv), &byte) in zc.iter().zip(gc.iter_mut()).zip(bits) {
+        *gv = std::array::from_fn(|l| pass(gv[l], byte, l));
         s = add8(s, *gv);
         t = add8(t, std::array::from_fn(|l| gv[l] * (zv[l] - m)));
     }
     let (mut s, mut t) = lanes_f64((s, t));
-    for ((yv, zv), gv) in yrest.iter().zip(zrest).zip(grest.iter_mut()) {
-        *gv = pass(*gv, *yv);
+    let last = bits.get(zc.len()).copied().unwrap_or(0);
+    for (l, (zv, gv)) in zrest.iter().zip(grest.iter_mut()).enumerate() {
+        *gv = pass(*gv, last, l);
         s += *gv as f64;
         t += (*gv * (zv - m)) as f64;
     }
     (s, t)
+}
+
+/// The ReLU mask of 8 values: bit l is `v[l] > 0`.
+#[inline(always)]
+fn bits8(v: &[f32; 8]) -> u8 {
+    (0..8).fold(0u8, |a, l| a | (u8::from(v[l] > 0.0) << l))
 }
 
 /// Normalize (+ ReLU) one conv output plane (ho × wo) and max-pool it with a k×k window and
@@ -596,6 +621,26 @@ wide_fn! {
 }
 
 wide_fn! {
+    /// The ReLU masks of the planes of `y` (`hw` values each) into `bits` ([`mask_bytes`] per
+    /// plane).
+    fn plane_masks(y: &[f32], hw: usize, bits: &mut [u8]) {
+        let mb = mask_bytes(hw);
+        for (yp, bp) in y.chunks(hw.max(1)).zip(bits.chunks_mut(mb.max(1))) {
+            let (yc, rest) = yp.as_chunks::<8>();
+            for (b, v) in bp.iter_mut().zip(yc) {
+                *b = bits8(v);
+            }
+            if !rest.is_empty() {
+                bp[mb - 1] = rest
+                    .iter()
+                    .enumerate()
+                    .fold(0u8, |a, (l, v)| a | (u8::from(*v > 0.0) << l));
+            }
+        }
+    }
+}
+
+wide_fn! {
     /// Per plane of one image's conv output `z`, (Σz, Σz²) into `out` (one entry per plane).
     fn plane_sums(z: &[f32], out: &mut [(f64, f64)]) {
         let hw = z.len() / out.len().max(1);
@@ -649,17 +694,18 @@ wide_fn! {
     /// `out`, `g` (the output gradient dy) masked in place: g = dy·[y > 0].
     fn image_masked_sums(
         g: &mut [f32],
-        y: &[f32],
+        bits: &[u8],
         z: &[f32],
         mean: &[f32],
         relu: bool,
         out: &mut [(f64, f64)],
     ) {
         let hw = z.len() / out.len().max(1);
+        let mb = mask_bytes(hw);
         for (c, p) in out.iter_mut().enumerate() {
             let r = c * hw..(c + 1) * hw;
-            let (yp, zp) = (&y[r.clone()], &z[r.clone()]);
-            *p = masked_grad_sums(&mut g[r], yp, zp, mean[c], relu);
+            let (bp, zp) = (&bits[c * mb..(c + 1) * mb], &z[r.clone()]);
+            *p = masked_grad_sums(&mut g[r], bp, zp, mean[c], relu);
         }
     }
 }
@@ -814,7 +860,7 @@ impl Layer {
         gamma: &[f32],
         beta: &[f32],
         r: Option<&[f32]>,
-        materialize: Option<&mut [f32]>,
+        materialize: Option<Materialize<'_>>,
     ) -> Result<(Vec<f32>, Saved)> {
         let in_len = g.in_len();
         match input {
@@ -827,12 +873,15 @@ impl Layer {
                 }
             }
         }
+        let in_mask = g.c * mask_bytes(g.h * g.w);
         match (&materialize, input) {
             (None, _) => {}
-            (Some(m), Input::Virtual { .. }) if m.len() == g.b * in_len => {}
+            (Some(m), Input::Virtual { .. })
+                if m.x.len() == g.b * in_len
+                    && m.mask.as_ref().is_none_or(|k| k.len() == g.b * in_mask) => {}
             (Some(m), _) => candle_core::bail!(
                 "conv_bn: {} values to write a virtual input of {} into",
-                m.len(),
+                m.x.len(),
                 g.b * in_len
             ),
         }
@@ -886,6 +935,7 @@ impl Layer {
             let saved = Saved {
                 z: vec![],
                 arg: vec![],
+                mask: vec![],
                 nm,
                 stats: None,
             };
@@ -923,21 +973,34 @@ impl Layer {
             } else {
                 in_len
             };
-            let mut into: Vec<&mut [f32]> = match materialize {
-                Some(m) => m.chunks_mut(in_len).collect(),
-                None => (0..g.b).map(|_| <&mut [f32]>::default()).collect(),
+            let (mut into, mut masks): (Vec<&mut [f32]>, Vec<&mut [u8]>) = match materialize {
+                Some(Materialize { x, mask }) => (
+                    x.chunks_mut(in_len).collect(),
+                    match mask {
+                        Some(k) => k.chunks_mut(in_mask).collect(),
+                        None => (0..g.b).map(|_| <&mut [u8]>::default()).collect(),
+                    },
+                ),
+                None => (
+                    (0..g.b).map(|_| <&mut [f32]>::default()).collect(),
+                    (0..g.b).map(|_| <&mut [u8]>::default()).collect(),
+                ),
             };
+            let hw_in = g.h * g.w;
             z.par_chunks_mut(g.out_len())
                 .zip(partial.par_chunks_mut(o))
-                .zip(into.par_iter_mut())
+                .zip(into.par_iter_mut().zip(masks.par_iter_mut()))
                 .enumerate()
                 .for_each_init(
                     || (plan.scratch(), vec![0f32; tmp_len]),
-                    |(scratch, tmp), (b, ((zb, pb), mb))| {
-                        let xb = match mb.is_empty() {
+                    |(scratch, tmp), (b, ((zb, pb), (xb, kb)))| {
+                        let xb = match xb.is_empty() {
                             true => input.image(b, in_len, tmp),
-                            false => input.image(b, in_len, mb),
+                            false => input.image(b, in_len, xb),
                         };
+                        if !kb.is_empty() {
+                            plane_masks(xb, hw_in, kb);
+                        }
                         plan.run(xb, scratch, zb);
                         sums(zb, pb);
                     },
@@ -969,11 +1032,18 @@ impl Layer {
             self.alpha,
             self.eps,
         );
+        // A residual layer's output mask, for the backward's first pass.
+        let mask_len = match self.residual && self.keep {
+            true => g.b * o * mask_bytes(hw),
+            false => 0,
+        };
         if self.defer {
-            // The reader applies the epilogue to z image by image (`Input::Virtual`).
+            // The reader applies the epilogue to z image by image (`Input::Virtual`), and
+            // writes the mask (`Materialize`) into this, which it finds in the saved state.
             let saved = Saved {
                 z,
                 arg: vec![],
+                mask: vec![0u8; mask_len],
                 nm,
                 stats,
             };
@@ -981,6 +1051,8 @@ impl Layer {
         }
         let (scale, shift) = scale_shift(&nm, gamma, beta);
         let mut arg = vec![0u8; if pooling && self.keep { y.len() } else { 0 }];
+        // (A residual layer neither pools nor recomputes: the last branch below fills it.)
+        let mut mask = vec![0u8; mask_len];
         if recompute {
             let Some(x) = plain else {
                 unreachable!("checked above");
@@ -1022,19 +1094,29 @@ impl Layer {
                     pool_planes(zp, dims, sc, sh, self.relu, yp, a);
                 });
         } else {
+            let mb = mask_bytes(hw);
+            let mut masks: Vec<&mut [u8]> = match mask_len {
+                0 => (0..g.b * o).map(|_| <&mut [u8]>::default()).collect(),
+                _ => mask.chunks_mut(mb).collect(),
+            };
             y.par_chunks_mut(hw)
                 .zip(z.par_chunks(hw))
+                .zip(masks.par_iter_mut())
                 .enumerate()
-                .for_each(|(i, (yp, zp))| {
+                .for_each(|(i, ((yp, zp), kp))| {
                     let c = i % o;
                     let rp = r.map(|r| &r[i * hw..(i + 1) * hw]);
                     let (sc, sh) = (&scale[c..c + 1], &shift[c..c + 1]);
-                    epilogue_planes(yp, zp, rp, sc, sh, self.relu)
+                    epilogue_planes(yp, zp, rp, sc, sh, self.relu);
+                    if !kp.is_empty() {
+                        plane_masks(yp, hw, kp);
+                    }
                 });
         }
         let saved = Saved {
             z: if self.keep && !recompute { z } else { vec![] },
             arg,
+            mask,
             nm,
             stats,
         };
@@ -1043,7 +1125,7 @@ impl Layer {
 
     /// The backward pass from the output gradient `dy`: `x`, `w`, `gamma`, `beta` as in the
     /// forward (`x` is only read for the weight gradient or by a recomputing layer, and may be
-    /// empty otherwise), `y` its output (read only with a residual, for the ReLU mask).
+    /// empty otherwise); with a residual the ReLU mask of the output comes from `saved.mask`.
     ///
     /// For the network executor: `pass1` says whether the first pass already ran (and then, with
     /// a residual, `dy` is already masked and `Grads::dr` is `None`: `dy` is the residual's
@@ -1059,7 +1141,6 @@ impl Layer {
         w: &[f32],
         gamma: &[f32],
         beta: &[f32],
-        y: Option<&[f32]>,
         dy: &[f32],
         tr: Tracked,
         pass1: Pass1,
@@ -1100,12 +1181,9 @@ impl Layer {
                 candle_core::bail!("conv_bn: first pass of a recomputed layer done elsewhere")
             }
             Pass1::Here if self.residual => {
-                let yv = match y {
-                    Some(y) if y.len() == dy.len() => y,
-                    _ => candle_core::bail!(
-                        "conv_bn: the residual layer's backward needs its output"
-                    ),
-                };
+                if saved.mask.len() != g.b * o * mask_bytes(hw) {
+                    candle_core::bail!("conv_bn: residual layer without its output's mask");
+                }
                 // SAFETY: every image is copied into, then masked in place.
                 let mut gm = unsafe { uninit_f32(dy.len()) };
                 let mut partial = vec![(0f64, 0f64); g.b * o];
@@ -1114,8 +1192,8 @@ impl Layer {
                     .enumerate()
                     .for_each(|(b, (gi, pb))| {
                         let r = b * olen..(b + 1) * olen;
-                        gi.copy_from_slice(&dy[r.clone()]);
-                        ctx.masked(b, gi, &yv[r], pb);
+                        gi.copy_from_slice(&dy[r]);
+                        ctx.masked(b, gi, pb);
                     });
                 (Some(gm), partial)
             }
@@ -1413,27 +1491,23 @@ impl<'a> Pass1Ctx<'a> {
         image_grad_sums(dy_b, z_b, self.pool(), ab, ss, mean, relu, out);
     }
 
-    /// With a residual: image b's gradient masked in place (g = dy·[y > 0]) and its sums.
-    fn masked(&self, b: usize, g_b: &mut [f32], y_b: &[f32], out: &mut [(f64, f64)]) {
+    /// With a residual: image b's gradient masked in place (g = dy·[y > 0], the mask from the
+    /// forward's bits) and its sums.
+    fn masked(&self, b: usize, g_b: &mut [f32], out: &mut [(f64, f64)]) {
         let olen = self.o * self.hw;
+        let mlen = self.o * mask_bytes(self.hw);
         let z_b = &self.saved.z[b * olen..(b + 1) * olen];
-        image_masked_sums(g_b, y_b, z_b, &self.saved.nm.mean, self.layer.relu, out);
+        let bits = &self.saved.mask[b * mlen..(b + 1) * mlen];
+        image_masked_sums(g_b, bits, z_b, &self.saved.nm.mean, self.layer.relu, out);
     }
 
-    /// Image b's first pass, with its output gradient `dy_b` (masked in place with a residual,
-    /// `y_b` its output then). Not for recomputing layers (their z is not stored).
-    pub(super) fn image(
-        &self,
-        b: usize,
-        dy_b: &mut [f32],
-        y_b: Option<&[f32]>,
-        out: &mut [(f64, f64)],
-    ) {
+    /// Image b's first pass, with its output gradient `dy_b` (masked in place with a
+    /// residual). Not for recomputing layers (their z is not stored).
+    pub(super) fn image(&self, b: usize, dy_b: &mut [f32], out: &mut [(f64, f64)]) {
         debug_assert!(!self.layer.recompute);
-        match (self.layer.residual, y_b) {
-            (true, Some(y_b)) => self.masked(b, dy_b, y_b, out),
-            (true, None) => unreachable!("a residual layer's first pass reads its output"),
-            (false, _) => {
+        match self.layer.residual {
+            true => self.masked(b, dy_b, out),
+            false => {
                 let olen = self.o * self.hw;
                 self.sums(b, dy_b, &self.saved.z[b * olen..(b + 1) * olen], out)
             }
@@ -1503,7 +1577,7 @@ impl CustomOp3 for ConvBnOp {
         x: &Tensor,
         w: &Tensor,
         gb: &Tensor,
-        res: &Tensor,
+        _res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         // With a residual, `w` is the packed [W; γ; β] and `gb` the residual (see `residual`).
@@ -1529,18 +1603,10 @@ impl CustomOp3 for ConvBnOp {
             with_f32(w, |p2| {
                 with_f32(gb, |p3| {
                     let (wv, gamma, beta, _) = self.params(&g, p2, p3)?;
-                    with_f32(dy, |dyv| match self.layer.residual {
-                        true => with_f32(res, |yv| {
-                            let y = Some(yv);
-                            let (p1, out) = (Pass1::Here, DxOut::New);
-                            let l = &self.layer;
-                            l.backward(&g, saved, xv, wv, gamma, beta, y, dyv, tr, p1, out, None)
-                        }),
-                        false => {
-                            let (p1, out) = (Pass1::Here, DxOut::New);
-                            let l = &self.layer;
-                            l.backward(&g, saved, xv, wv, gamma, beta, None, dyv, tr, p1, out, None)
-                        }
+                    with_f32(dy, |dyv| {
+                        let (p1, out) = (Pass1::Here, DxOut::New);
+                        let l = &self.layer;
+                        l.backward(&g, saved, xv, wv, gamma, beta, dyv, tr, p1, out, None)
                     })
                 })
             })
