@@ -91,6 +91,18 @@ const PARITY_TAPS: [&[(usize, usize)]; 2] = [&[(1, 0)], &[(0, 1), (2, 0)]];
 /// weights are packed; the two of one row parity are computed together and interleaved.
 const PHASES: [(usize, usize); 4] = [(0, 0), (0, 1), (1, 0), (1, 1)];
 
+/// A phase's taps, by [`PARITY_TAPS`] along rows and columns: (kernel tap `3·ki + kj`, read
+/// offset `dr·wq + dc` on a grid `wq` wide).
+fn phase_taps((pr, pc): (usize, usize), wq: usize) -> Vec<(usize, usize)> {
+    let mut taps = vec![];
+    for &(ki, dr) in PARITY_TAPS[pr] {
+        for &(kj, dc) in PARITY_TAPS[pc] {
+            taps.push((3 * ki + kj, dr * wq + dc));
+        }
+    }
+    taps
+}
+
 /// Weights in kernel order: per block of `ob` output channels, per input channel, per tap, the
 /// block's `ob` values (zero for the channels past the last one).
 ///
@@ -162,17 +174,10 @@ impl Packed {
         // Per phase (one, with all 9 taps, when not phased): per block, input channel and tap,
         // the block's values.
         let phases: Vec<Vec<usize>> = if phased {
+            let wq = p.wp();
             PHASES
                 .iter()
-                .map(|&(pr, pc)| {
-                    let mut t = vec![];
-                    for &(ki, _) in PARITY_TAPS[pr] {
-                        for &(kj, _) in PARITY_TAPS[pc] {
-                            t.push(3 * ki + kj);
-                        }
-                    }
-                    t
-                })
+                .map(|&ph| phase_taps(ph, wq).into_iter().map(|(t, _)| t).collect())
                 .collect()
         } else {
             vec![(0..9).collect()]
@@ -238,15 +243,7 @@ impl Packed {
         if self.phased {
             return PHASES
                 .iter()
-                .map(|&(pr, pc)| {
-                    let mut o = vec![];
-                    for &(_, dr) in PARITY_TAPS[pr] {
-                        for &(_, dc) in PARITY_TAPS[pc] {
-                            o.push(dr * wp + dc);
-                        }
-                    }
-                    o
-                })
+                .map(|&ph| phase_taps(ph, wp).into_iter().map(|(_, o)| o).collect())
                 .collect();
         }
         vec![(0..9)

@@ -49,6 +49,15 @@ pub(super) struct Saved {
     pub(super) stats: Option<BnStats>,
 }
 
+/// `buf`'s chunks of `len`, or `n` empty slices without a buffer: the per-image (or per-plane)
+/// destinations of a parallel pass that writes them only in some modes.
+fn chunks_or_empty<T>(buf: Option<&mut [T]>, len: usize, n: usize) -> Vec<&mut [T]> {
+    match buf {
+        Some(b) => b.chunks_mut(len).collect(),
+        None => (0..n).map(|_| <&mut [T]>::default()).collect(),
+    }
+}
+
 /// Bytes of one plane's ReLU mask: bit l of byte k is `y[8k + l] > 0`.
 pub(super) fn mask_bytes(hw: usize) -> usize {
     hw.div_ceil(8)
@@ -631,10 +640,8 @@ wide_fn! {
                 *b = bits8(v);
             }
             if !rest.is_empty() {
-                bp[mb - 1] = rest
-                    .iter()
-                    .enumerate()
-                    .fold(0u8, |a, (l, v)| a | (u8::from(*v > 0.0) << l));
+                // The missing lanes as zeros: bits that nothing reads, left clear.
+                bp[mb - 1] = bits8(&std::array::from_fn(|l| rest.get(l).copied().unwrap_or(0.0)));
             }
         }
     }
@@ -973,19 +980,12 @@ impl Layer {
             } else {
                 in_len
             };
-            let (mut into, mut masks): (Vec<&mut [f32]>, Vec<&mut [u8]>) = match materialize {
-                Some(Materialize { x, mask }) => (
-                    x.chunks_mut(in_len).collect(),
-                    match mask {
-                        Some(k) => k.chunks_mut(in_mask).collect(),
-                        None => (0..g.b).map(|_| <&mut [u8]>::default()).collect(),
-                    },
-                ),
-                None => (
-                    (0..g.b).map(|_| <&mut [f32]>::default()).collect(),
-                    (0..g.b).map(|_| <&mut [u8]>::default()).collect(),
-                ),
+            let (x_to, mask_to) = match materialize {
+                Some(Materialize { x, mask }) => (Some(x), mask),
+                None => (None, None),
             };
+            let mut into = chunks_or_empty(x_to, in_len, g.b);
+            let mut masks = chunks_or_empty(mask_to, in_mask, g.b);
             let hw_in = g.h * g.w;
             z.par_chunks_mut(g.out_len())
                 .zip(partial.par_chunks_mut(o))
@@ -1060,11 +1060,8 @@ impl Layer {
             // The convolution again, image by image, and the epilogue while it is in cache.
             let ylen = o * plen;
             let zlen = if pooling { g.out_len() } else { 0 };
-            let mut args: Vec<&mut [u8]> = if pooling && self.keep {
-                arg.chunks_mut(ylen).collect()
-            } else {
-                (0..g.b).map(|_| <&mut [u8]>::default()).collect()
-            };
+            let keep_arg = (pooling && self.keep).then_some(&mut arg[..]);
+            let mut args = chunks_or_empty(keep_arg, ylen, g.b);
             y.par_chunks_mut(ylen)
                 .zip(x.par_chunks(g.in_len()))
                 .zip(args.par_iter_mut())
@@ -1078,11 +1075,7 @@ impl Layer {
                 );
         } else if pooling {
             let keep = self.keep;
-            let mut args: Vec<&mut [u8]> = if keep {
-                arg.chunks_mut(plen).collect()
-            } else {
-                (0..g.b * o).map(|_| <&mut [u8]>::default()).collect()
-            };
+            let mut args = chunks_or_empty(keep.then_some(&mut arg[..]), plen, g.b * o);
             y.par_chunks_mut(plen)
                 .zip(z.par_chunks(hw))
                 .zip(args.par_iter_mut())
@@ -1095,10 +1088,8 @@ impl Layer {
                 });
         } else {
             let mb = mask_bytes(hw);
-            let mut masks: Vec<&mut [u8]> = match mask_len {
-                0 => (0..g.b * o).map(|_| <&mut [u8]>::default()).collect(),
-                _ => mask.chunks_mut(mb).collect(),
-            };
+            let keep_mask = (mask_len > 0).then_some(&mut mask[..]);
+            let mut masks = chunks_or_empty(keep_mask, mb, g.b * o);
             y.par_chunks_mut(hw)
                 .zip(z.par_chunks(hw))
                 .zip(masks.par_iter_mut())
@@ -1289,11 +1280,7 @@ impl Layer {
             }
             _ => (None, &mut [][..]),
         };
-        let hook_slots: Vec<&mut [(f64, f64)]> = if hook.is_some() {
-            hook_sums.chunks_mut(c_in).collect()
-        } else {
-            (0..g.b).map(|_| <&mut [(f64, f64)]>::default()).collect()
-        };
+        let hook_slots = chunks_or_empty(hook.is_some().then_some(hook_sums), c_in, g.b);
         let plan = Plan::input_grad(g, w);
         // One image's input gradient into dxb (added when `adding`, through `tmp`), then the hook.
         let finish = |b: usize,
@@ -1337,11 +1324,7 @@ impl Layer {
         let par = inner_parallelism(g.b);
         let cols_len = if g.pointwise() { 0 } else { ck * hw };
         let chunks = g.b.div_ceil(WEIGHT_GRAD_CHUNK);
-        let mut dx_chunks: Vec<&mut [f32]> = if tr.x {
-            dx.chunks_mut(in_len * WEIGHT_GRAD_CHUNK).collect()
-        } else {
-            (0..chunks).map(|_| <&mut [f32]>::default()).collect()
-        };
+        let mut dx_chunks = chunks_or_empty(tr.x.then_some(dx), in_len * WEIGHT_GRAD_CHUNK, chunks);
         let mut slot_chunks: Vec<Vec<&mut [(f64, f64)]>> = Vec::with_capacity(chunks);
         let mut slots = hook_slots.into_iter();
         for _ in 0..chunks {
